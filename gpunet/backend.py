@@ -1,0 +1,246 @@
+"""Array backends and the switch between them.
+
+``NumpyBackend`` is the reference implementation of every op the model uses, the fusable
+ones included, each written as the plain math over ``self.xp``. ``CupyBackend``
+(``gpunet.cupy_backend``) subclasses it with ``xp = cupy`` and overrides only the fusable
+ops with CUDA kernels, so any op it does not override runs this same code on the GPU.
+
+Shapes: N examples (rows), n units (columns). Every op that takes ``out`` writes there
+and returns it; ``out`` may alias an input where the docstring says so.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+
+__all__ = ["NumpyBackend", "set_backend", "get_backend", "use_backend", "to_numpy",
+           "BACKEND_NAMES", "gpu_status"]
+
+log = logging.getLogger("gpunet")
+
+BACKEND_NAMES = ("auto", "numpy", "cupy")
+
+
+class NumpyBackend:
+    """Reference ops on NumPy arrays (also the CPU production path)."""
+
+    name = "numpy"
+    xp = np
+
+    # ---- arrays -------------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        """Array of this backend (copied to the device when needed)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self):
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    def all_finite(self, x) -> bool:
+        """True when no element is NaN or +-Inf (a host-device sync on the GPU)."""
+        return bool(self.xp.isfinite(x).all())
+
+    def take_rows(self, x, idx, out=None):
+        """``x[idx]`` for a 1-D integer ``idx``, written into ``out`` (len(idx), ...)."""
+        return self.xp.take(x, idx, axis=0, out=out)
+
+    # ---- dense layer --------------------------------------------------------------
+    def matmul(self, a, b, out=None):
+        """``a @ b``: (N, k) x (k, n) -> (N, n)."""
+        return self.xp.matmul(a, b, out=out)
+
+    def bias_act(self, z, b, act):
+        """Fusable: ``z <- f(z + b)`` in place. z (N, n) = A W from the GEMM, b (n,)."""
+        z += b
+        return act.forward(self.xp, z, out=z)
+
+    def act_backward(self, grad, a, act):
+        """Fusable: ``grad <- grad * f'(z)`` in place, with ``f'`` read from the output a (N, n)."""
+        return act.backward(self.xp, grad, a, out=grad)
+
+    def bias_grad(self, delta, out=None):
+        """Fusable: column sums of delta (N, n) -> (n,), the bias gradient."""
+        return delta.sum(axis=0, out=out)
+
+    # ---- losses at the output -----------------------------------------------------
+    def softmax(self, z, out=None):
+        """Row-wise stable softmax of logits z (N, n)."""
+        from .activations import Softmax
+        return Softmax().forward(self.xp, z, out=out)
+
+    def softmax_xent(self, logits, labels, grad_out):
+        """Fusable: softmax + cross-entropy + gradient from integer labels.
+
+        logits (N, C), labels (N,) ints in [0, C). Writes ``(softmax(z) - e(y)) / N`` into
+        ``grad_out`` (N, C) (may alias ``logits``) and returns the mean loss
+        ``-(1/N) sum_n log softmax(z_n)[y_n]`` as a 0-d array (no host sync).
+        No one-hot array is built: e(y) is subtracted at one index per row.
+        """
+        xp = self.xp
+        n = logits.shape[0]
+        rows = xp.arange(n)
+        zmax = logits.max(axis=1, keepdims=True)
+        shifted = logits - zmax
+        sumexp = xp.exp(shifted).sum(axis=1, keepdims=True)
+        logsumexp = xp.log(sumexp)
+        # -log softmax(z)[y] = log sum exp(z - max) - (z_y - max)
+        loss = (logsumexp[:, 0] - shifted[rows, labels]).sum() / n
+        probs = xp.exp(shifted - logsumexp, out=grad_out)
+        probs[rows, labels] -= 1.0
+        probs /= n
+        return loss
+
+    def softmax_xent_onehot(self, logits, targets, grad_out):
+        """As ``softmax_xent`` with one-hot (or soft) targets (N, C) whose rows sum to 1."""
+        xp = self.xp
+        n = logits.shape[0]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logsumexp = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        logp = shifted - logsumexp
+        loss = -(targets * logp).sum() / n
+        grad = xp.exp(logp, out=grad_out)
+        grad -= targets
+        grad /= n
+        return loss
+
+    def mse_grad(self, a, targets, act, grad_out):
+        """Fusable: MSE loss and its gradient at the pre-activation of the output layer.
+
+        a (N, K) output after activation ``act``, targets (N, K). Returns the 0-d loss
+        ``1/(2N) sum (a - y)^2`` and writes ``((a - y) / N) * f'(z)`` into grad_out
+        (which may alias ``a``).
+        """
+        n = a.shape[0]
+        diff = a - targets
+        loss = (diff * diff).sum() / (2 * n)
+        diff /= n
+        act.backward(self.xp, diff, a, out=grad_out)
+        return loss
+
+    # ---- optimizer ----------------------------------------------------------------
+    def sumsq(self, x):
+        """``sum(x**2)`` as a 0-d array (for the global gradient norm)."""
+        return self.xp.vdot(x, x).real if x.ndim == 1 else (x * x).sum()
+
+    def sgd_update(self, params, grads, velocity, *, lr, momentum, nesterov,
+                   weight_decay, n_decay, scale, skip):
+        """Fusable: one SGD step over the whole flat parameter buffer, in place.
+
+        params, grads, velocity: 1-D, same length P. The first ``n_decay`` entries are the
+        weights (decayed), the rest biases. ``scale`` is the clipping factor (a 0-d array or
+        float) and ``skip`` a 0-d bool array or bool: when true nothing changes.
+
+            g = scale * grads + weight_decay * params   (decay on the weights only)
+            v = momentum * v + g
+            params -= lr * (g + momentum * v if nesterov else v)
+
+        With ``momentum == 0`` this is plain SGD and ``velocity`` may be None.
+        """
+        if bool(skip):
+            return params
+        xp = self.xp
+        g = grads * scale
+        if weight_decay:
+            g[:n_decay] += weight_decay * params[:n_decay]
+        if momentum:
+            velocity *= momentum
+            velocity += g
+            step = g + momentum * velocity if nesterov else velocity
+        else:
+            step = g
+        params -= xp.asarray(lr, dtype=params.dtype) * step
+        return params
+
+
+# ---------------------------------------------------------------------------------
+# selection
+_active: NumpyBackend | None = None
+
+
+def gpu_status() -> tuple[bool, str]:
+    """(usable, reason): whether CuPy imports and a CUDA device runs a kernel."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        return False, f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            return False, "CuPy found no CUDA device"
+        (cupy.arange(3) + 1).sum().item()  # a real launch catches driver mismatches
+    except Exception as exc:
+        return False, f"CUDA is not usable ({type(exc).__name__}: {exc})"
+    return True, f"{count} CUDA device(s)"
+
+
+def _make(name: str) -> NumpyBackend:
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a string, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_NAMES)}")
+    if key == "numpy":
+        return NumpyBackend()
+    ok, why = gpu_status()
+    if key == "cupy":
+        if not ok:
+            raise RuntimeError(f"backend 'cupy' was asked for but no GPU is usable: {why}")
+        from .cupy_backend import CupyBackend
+        return CupyBackend()
+    # auto: quietly fall back, with a log record rather than a warning
+    if ok:
+        from .cupy_backend import CupyBackend
+        return CupyBackend()
+    log.info("gpunet: using the NumPy backend (%s)", why)
+    return NumpyBackend()
+
+
+def set_backend(name: str = "auto") -> NumpyBackend:
+    """Select the array backend for models created and used from now on; returns it.
+
+    ``"auto"``: CuPy when a GPU works, else NumPy. ``"numpy"``. ``"cupy"``: raises
+    RuntimeError (with the reason) when no GPU is usable.
+    """
+    global _active
+    _active = _make(name)
+    return _active
+
+
+def get_backend() -> NumpyBackend:
+    """The active backend (chosen from ``GPUNET_BACKEND``, default "auto", on first use)."""
+    global _active
+    if _active is None:
+        _active = _make(os.environ.get("GPUNET_BACKEND", "auto"))
+    return _active
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with use_backend("numpy"): ...`` selects a backend for the block, then restores."""
+    global _active
+    previous = _active
+    backend = _make(name)
+    _active = backend
+    try:
+        yield backend
+    finally:
+        _active = previous
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy array from a NumPy or CuPy array (or anything ``np.asarray`` takes)."""
+    get = getattr(x, "get", None)
+    if get is not None and type(x).__module__.startswith("cupy"):
+        return get()
+    return np.asarray(x)

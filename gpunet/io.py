@@ -1,0 +1,106 @@
+"""Saving and loading models as ``.npz`` files, never through pickle.
+
+The file holds four arrays: ``format`` (the string "gpunet.MLP"), ``version`` (int),
+``config`` (the architecture as a JSON string) and ``params`` (the flat parameter buffer,
+layout ``[W_1 .. W_L, b_1 .. b_L]``). It is written to a temporary file beside the target
+and renamed over it, so a crash never leaves half a model behind. Loading reads with
+``allow_pickle=False`` and checks every field, so a corrupt, truncated or foreign file (or
+one crafted to run code) gives a ValueError instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save", "load", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "gpunet.MLP"
+FORMAT_VERSION = 1
+_KEYS = {"format", "version", "config", "params"}
+_MAX_CONFIG_CHARS = 1 << 20
+
+
+def save(net, path):
+    """Write ``net`` to ``path`` (exactly that name; no suffix is added)."""
+    from .backend import to_numpy
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    arrays = {
+        "format": np.array(FORMAT),
+        "version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "config": np.array(json.dumps(net.config())),
+        "params": to_numpy(net.flat_params),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".gpunet-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _bad(path, why):
+    return ValueError(f"{path!s} is not a readable gpunet model file: {why}")
+
+
+def load(path):
+    """Read a model written by ``save``; it is built on the active backend."""
+    from .mlp import MLP
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file at {path!s}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise _bad(path, "it is a single array, not an .npz archive")
+            keys = set(data.files)
+            if keys != _KEYS:
+                raise _bad(path, f"expected the fields {sorted(_KEYS)}, found {sorted(keys)}")
+            fields = {k: data[k] for k in _KEYS}
+    except ValueError as exc:
+        if "not a readable gpunet model" in str(exc):
+            raise
+        # allow_pickle=False refuses object arrays with a ValueError
+        raise _bad(path, str(exc)) from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise _bad(path, f"{type(exc).__name__}: {exc}") from None
+
+    fmt, version, config, params = (fields[k] for k in ("format", "version", "config", "params"))
+    if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
+        raise _bad(path, f"format field is {fmt!r}, expected {FORMAT!r}")
+    if version.shape != () or version.dtype.kind not in "iu":
+        raise _bad(path, "version field is not an integer")
+    if int(version) != FORMAT_VERSION:
+        raise _bad(path, f"format version {int(version)} is not supported (this gpunet reads {FORMAT_VERSION})")
+    if config.shape != () or config.dtype.kind != "U" or len(str(config)) > _MAX_CONFIG_CHARS:
+        raise _bad(path, "config field is not a JSON string")
+    try:
+        cfg = json.loads(str(config))
+    except json.JSONDecodeError as exc:
+        raise _bad(path, f"config is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise _bad(path, "config is not a JSON object")
+    expected = {"sizes", "activation", "output", "loss", "init", "weight_decay", "dtype", "seed"}
+    if set(cfg) != expected:
+        raise _bad(path, f"config has keys {sorted(cfg)}, expected {sorted(expected)}")
+    try:
+        net = MLP(**cfg)
+    except (TypeError, ValueError) as exc:
+        raise _bad(path, f"config describes no valid network ({exc})") from None
+    if params.ndim != 1 or params.shape[0] != net.n_params:
+        raise _bad(path, f"params has shape {params.shape}, the network needs ({net.n_params},)")
+    if params.dtype != net.dtype:
+        raise _bad(path, f"params dtype {params.dtype} does not match config dtype {net.dtype}")
+    if not np.isfinite(params).all():
+        raise _bad(path, "params contain NaN or infinite values")
+    net.flat_params[...] = net.backend.asarray(params)
+    return net

@@ -1,0 +1,193 @@
+"""The fit loop: epochs of SGD over random minibatches (seed 004), with clipping and history.
+
+``batch_size=1`` is per-example SGD, ``batch_size=None`` (or >= N) full batch, anything
+between random minibatches re-drawn every epoch. Each step is one batched forward and
+backward pass and one optimizer update over the flat parameter buffer.
+
+Nothing in a step reads a value back to the host on the GPU: the loss and the metric are
+summed on the device and read once per epoch. A non-finite loss or gradient sets a sticky
+device flag that turns every later update of the epoch into a no-op, so the parameters
+stay as they were before the bad step; the flag is read at the end of the epoch (on the
+CPU after every step, where reading it is free) and training stops with an error.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+
+from .optim import SGD
+from .validation import check_bool, check_int, check_real
+
+__all__ = ["fit", "History", "TrainingDiverged"]
+
+log = logging.getLogger("gpunet")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or gradient became NaN or infinite; the model holds the last good parameters."""
+
+
+class History(dict):
+    """Per-epoch records: ``history["loss"]``, ``history["accuracy"]`` (or ``"r2"``), and
+    ``"val_loss"``/``"val_accuracy"`` with validation data; ``history["time"]`` in seconds."""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.get("loss", []))
+
+    def __repr__(self):
+        last = {k: v[-1] for k, v in self.items() if v}
+        return f"History(epochs={self.epochs}, last={last})"
+
+
+def _progress_bar(enabled, epochs):
+    """A tqdm bar over epochs when asked for, tqdm is installed and stderr is a terminal."""
+    if not enabled or epochs == 0:
+        return None
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        log.info("gpunet: install tqdm (pip install 'gpunet[progress]') for a progress bar")
+        return None
+    return tqdm(total=epochs, unit="epoch", dynamic_ncols=True, leave=True)
+
+
+def _check_validation(net, validation_data):
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise TypeError("validation_data must be a pair (X_val, y_val)")
+    from .validation import check_features
+    xv = check_features(validation_data[0], net.sizes[0], name="X_val")
+    yv = net._check_targets(validation_data[1], xv.shape[0])
+    return net.backend.asarray(xv, dtype=net.dtype), net._device_targets(yv)
+
+
+def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=False,
+        clip_norm=None, validation_data=None, shuffle=True, progress=True, optimizer=None):
+    """Train ``net`` in place and return a ``History``.
+
+    X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
+    regressors. ``lr``, ``momentum``, ``nesterov`` configure SGD unless an ``optimizer``
+    (e.g. ``gpunet.optim.SGD``) is given, whose state then carries over between calls.
+    ``clip_norm`` rescales the gradient when its global L2 norm exceeds it.
+    Every argument is checked before the model is touched.
+    """
+    epochs = check_int("epochs", epochs, low=0)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer (or None for full batch), got {batch_size}")
+    if optimizer is None:
+        optimizer = SGD(lr=lr, momentum=momentum, nesterov=nesterov)
+    elif not hasattr(optimizer, "step"):
+        raise TypeError(f"optimizer must have a step() method, got {type(optimizer).__name__}")
+    if clip_norm is not None:
+        clip_norm = check_real("clip_norm", clip_norm, low=0.0, low_open=True)
+    shuffle = check_bool("shuffle", shuffle)
+    progress = check_bool("progress", progress)
+
+    from .validation import check_features
+    x_host = check_features(X, net.sizes[0])
+    y_host = net._check_targets(y, x_host.shape[0])
+    val = _check_validation(net, validation_data)
+
+    be = net.backend
+    xp = be.xp
+    n = x_host.shape[0]
+    bs = n if batch_size is None else min(batch_size, n)
+    x_all = be.asarray(x_host, dtype=net.dtype)
+    t_all = net._device_targets(y_host)
+    metric = "accuracy" if net.is_classifier else "r2"
+    history = History(loss=[], **{metric: []}, time=[])
+    if val is not None:
+        history["val_loss"], history[f"val_{metric}"] = [], []
+    # R^2 from running sums needs the targets' spread, once
+    ss_tot = None if net.is_classifier else ((y_host - y_host.mean(axis=0)) ** 2).sum(axis=0)
+    eager = be.name == "numpy"    # on the CPU a check per step costs nothing
+
+    bar = _progress_bar(progress, epochs)
+    try:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            order = net._shuffle_rng.permutation(n) if shuffle else np.arange(n)
+            order_dev = be.asarray(order)
+            loss_sum = xp.zeros((), dtype=np.float64)
+            metric_sum = xp.zeros(() if net.is_classifier else (y_host.shape[1],), dtype=np.float64)
+            bad = xp.zeros((), dtype=bool)
+            for step, start in enumerate(range(0, n, bs)):
+                idx = order_dev[start:start + bs]
+                xb = be.take_rows(x_all, idx)
+                tb = be.take_rows(t_all, idx)
+                nb = xb.shape[0]
+                with np.errstate(over="ignore", invalid="ignore"):
+                    loss = net._loss_and_grad_device(xb, tb, include_decay=False)
+                    gss = be.sumsq(net.flat_grads)
+                    bad = bad | ~xp.isfinite(loss) | ~xp.isfinite(gss)
+                    scale = 1.0
+                    if clip_norm is not None:
+                        scale = xp.minimum(1.0, clip_norm / (xp.sqrt(gss) + 1e-12)).astype(net.dtype)
+                    if eager and bool(bad):
+                        raise TrainingDiverged(
+                            f"loss or gradient became non-finite at epoch {epoch + 1}, step {step + 1} "
+                            f"(loss={float(loss)}); parameters are those from before that step. "
+                            "Try a smaller learning rate or clip_norm.")
+                    optimizer.step(be, net.flat_params, net.flat_grads, weight_decay=net.weight_decay,
+                                   n_decay=net.n_weights, scale=scale, skip=bad)
+                    loss_sum += loss * nb
+                    metric_sum += _batch_metric(net, xb, tb)
+            if not eager and bool(bad):
+                raise TrainingDiverged(
+                    f"loss or gradient became non-finite during epoch {epoch + 1}; parameters are those "
+                    "from before the first bad step. Try a smaller learning rate or clip_norm.")
+            record = {"loss": float(loss_sum) / n}
+            if net.is_classifier:
+                record[metric] = float(metric_sum) / n
+            else:
+                record[metric] = _r2_from_sums(be.to_numpy(metric_sum), ss_tot)
+            if val is not None:
+                record["val_loss"], record[f"val_{metric}"] = _evaluate(net, *val)
+            record["time"] = time.perf_counter() - t0
+            for key, value in record.items():
+                history[key].append(value)
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "time"}, refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def _batch_metric(net, xb, tb):
+    """Running metric of the batch just trained on, from the outputs its forward pass left
+    in the workspace: correct predictions (classifier) or per-output squared error."""
+    out = net._workspace(xb.shape[0]).acts[-1]
+    if net.is_classifier:
+        labels = tb if tb.ndim == 1 else tb.argmax(axis=1)
+        return (out.argmax(axis=1) == labels).sum()
+    diff = out - tb
+    return (diff * diff).sum(axis=0)
+
+
+def _r2_from_sums(ss_res, ss_tot):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
+    return float(r2.mean())
+
+
+def _evaluate(net, x, targets):
+    """(loss, metric) on validation arrays already on the device."""
+    from .mlp import r2_score
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = float(net._loss_device(x, targets, include_decay=False))
+        out = net._infer(x, activate=False)
+    if net.is_classifier:
+        labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
+        return loss, float((out.argmax(axis=1) == labels).mean())
+    return loss, r2_score(net.backend.to_numpy(targets), net.backend.to_numpy(out))
