@@ -1,0 +1,42 @@
+"""Shared fixtures: every test that takes ``backend`` runs on NumPy, and on CuPy too when a
+GPU works (tests marked ``gpu`` are skipped cleanly without one)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet.backend import gpu_status
+
+GPU_OK, GPU_WHY = gpu_status()
+BACKENDS = ["numpy"] + (["cupy"] if GPU_OK else [])
+DTYPES = ["float32", "float64"]
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason=f"no usable GPU: {GPU_WHY}")
+    for item in items:
+        if "gpu" in item.keywords and not GPU_OK:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """The backend under test, made active for the duration of the test."""
+    with gn.use_backend(request.param) as be:
+        yield be
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def tolerance(dtype) -> dict:
+    """rtol/atol for comparing a result in ``dtype`` with a float64 reference."""
+    return {"rtol": 2e-5, "atol": 1e-6} if np.dtype(dtype) == np.float32 else {"rtol": 1e-11, "atol": 1e-13}
