@@ -242,14 +242,14 @@ class MLP:
 
     # ---- input handling ----------------------------------------------------------------
     def _device_features(self, X):
-        host = check_features(X, self.sizes[0])
+        host = check_features(X, self.sizes[0], dtype=self.dtype)
         return self.backend.asarray(host, dtype=self.dtype)
 
-    def _check_targets(self, y, n):
+    def _check_targets(self, y, n, name="y"):
         """Validated host targets: int labels or float one-hot for classifiers, floats for regressors."""
         if self.is_classifier:
-            return check_labels(y, n, self.sizes[-1])
-        return check_targets(y, n, self.sizes[-1])
+            return check_labels(y, n, self.sizes[-1], name=name)
+        return check_targets(y, n, self.sizes[-1], name=name, dtype=self.dtype)
 
     def _device_targets(self, host_targets):
         if host_targets.dtype.kind == "i":

@@ -63,8 +63,8 @@ def _check_validation(net, validation_data):
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise TypeError("validation_data must be a pair (X_val, y_val)")
     from .validation import check_features
-    xv = check_features(validation_data[0], net.sizes[0], name="X_val")
-    yv = net._check_targets(validation_data[1], xv.shape[0])
+    xv = check_features(validation_data[0], net.sizes[0], name="X_val", dtype=net.dtype)
+    yv = net._check_targets(validation_data[1], xv.shape[0], name="y_val")
     return net.backend.asarray(xv, dtype=net.dtype), net._device_targets(yv)
 
 
@@ -93,7 +93,7 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     progress = check_bool("progress", progress)
 
     from .validation import check_features
-    x_host = check_features(X, net.sizes[0])
+    x_host = check_features(X, net.sizes[0], dtype=net.dtype)
     y_host = net._check_targets(y, x_host.shape[0])
     val = _check_validation(net, validation_data)
 

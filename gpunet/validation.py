@@ -67,14 +67,21 @@ def as_host_array(name, x) -> np.ndarray:
     return arr
 
 
-def _check_finite(name, arr):
+def _check_finite(name, arr, dtype=None):
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    # finite float64 values past float32's range would turn into inf in a float32 model
+    if (dtype is not None and arr.dtype.kind == "f" and arr.size
+            and np.dtype(dtype).itemsize < arr.dtype.itemsize):
+        limit = float(np.finfo(dtype).max)
+        if float(np.abs(arr).max()) > limit:
+            raise ValueError(f"{name} has values beyond the {np.dtype(dtype).name} range of the model "
+                             f"(|value| > {limit:.4g})")
 
 
-def check_features(x, n_features: int, name="X") -> np.ndarray:
-    """X must be (N, n_features), N >= 1, real and finite. Returns the host array."""
+def check_features(x, n_features: int, name="X", dtype=None) -> np.ndarray:
+    """X must be (N, n_features), N >= 1, real and finite (in ``dtype`` too). Returns the host array."""
     arr = as_host_array(name, x)
     if arr.ndim != 2:
         hint = " (for one example use X.reshape(1, -1), for one feature X.reshape(-1, 1))" if arr.ndim == 1 else ""
@@ -83,7 +90,7 @@ def check_features(x, n_features: int, name="X") -> np.ndarray:
         raise ValueError(f"{name} is empty: it has no examples")
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
-    _check_finite(name, arr)
+    _check_finite(name, arr, dtype)
     return arr
 
 
@@ -118,7 +125,7 @@ def check_labels(y, n_examples: int, n_classes: int, name="y") -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def check_targets(y, n_examples: int, n_outputs: int, name="y") -> np.ndarray:
+def check_targets(y, n_examples: int, n_outputs: int, name="y", dtype=None) -> np.ndarray:
     """Regression targets (N, n_outputs), or (N,) when n_outputs == 1. Returns float64 (N, n_outputs)."""
     arr = as_host_array(name, y)
     if arr.ndim == 1 and n_outputs == 1:
@@ -129,5 +136,5 @@ def check_targets(y, n_examples: int, n_outputs: int, name="y") -> np.ndarray:
         raise ValueError(f"X has {n_examples} examples but {name} has {arr.shape[0]}")
     if arr.shape[1] != n_outputs:
         raise ValueError(f"{name} has {arr.shape[1]} columns but the network has {n_outputs} outputs")
-    _check_finite(name, arr)
+    _check_finite(name, arr, dtype)
     return arr.astype(np.float64)
