@@ -59,9 +59,11 @@ def load(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!s}")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise _bad(path, "it is a single array, not an .npz archive")
+        data = np.load(path, allow_pickle=False)
+        # a plain .npy loads as an array, which is no context manager: refuse it first
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise _bad(path, "it is a single array, not an .npz archive")
+        with data:
             keys = set(data.files)
             if keys != _KEYS:
                 raise _bad(path, f"expected the fields {sorted(_KEYS)}, found {sorted(keys)}")
@@ -85,13 +87,19 @@ def load(path):
         raise _bad(path, "config field is not a JSON string")
     try:
         cfg = json.loads(str(config))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:   # deep nesting overflows the parser
         raise _bad(path, f"config is not valid JSON ({exc})") from None
     if not isinstance(cfg, dict):
         raise _bad(path, "config is not a JSON object")
     expected = {"sizes", "activation", "output", "loss", "init", "weight_decay", "dtype", "seed"}
     if set(cfg) != expected:
         raise _bad(path, f"config has keys {sorted(cfg)}, expected {sorted(expected)}")
+    # match the parameter count before building, so a tiny file cannot make us allocate a huge network
+    sizes = cfg["sizes"]
+    if isinstance(sizes, list) and all(type(s) is int and s > 0 for s in sizes):
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        if params.ndim != 1 or params.shape[0] != n_params:
+            raise _bad(path, f"params has shape {params.shape}, the network needs ({n_params},)")
     try:
         net = MLP(**cfg)
     except (TypeError, ValueError) as exc:
