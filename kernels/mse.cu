@@ -1,0 +1,79 @@
+// Mean squared error at the output, fused with the output activation's derivative.
+//
+// Activation ids and parameters as in activations.cu (0 identity, 1 sigmoid (c, beta),
+// 2 tanh, 3 relu, 4 leaky_relu (slope)); the derivative below must stay the same formula
+// as activations.cu:act_derivative (the GPU tests pair both with the NumPy reference).
+// Softmax outputs are row-wise and are left to the reference implementation.
+
+template <typename T, int KIND>
+__device__ __forceinline__ T act_derivative(T a, T p0, T p1) {
+    if (KIND == 1) {
+        return (a * (T(1) - a / p0)) * p1;
+    } else if (KIND == 2) {
+        return T(1) - a * a;
+    } else if (KIND == 3) {
+        return a > T(0) ? T(1) : T(0);
+    } else if (KIND == 4) {
+        return a > T(0) ? T(1) : p0;
+    }
+    return T(1);
+}
+
+// Sum of v over a block of exactly 256 threads, in a fixed tree order; the result is valid
+// in every thread. Call it once per kernel: a second call could overwrite partial[0]
+// before a slow thread has read the first result.
+__device__ __forceinline__ double gn_block_sum_256(double v) {
+    __shared__ double partial[256];
+    partial[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = 128; half > 0; half >>= 1) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
+// ---- MSE gradient and per-block squared error ---------------------------------------------
+// d = a - y;  grad = (d / rows) * f'(a);  block_sums[block] = sum over the block's elements
+// of d^2 (in double). The loss 1/(2 rows) * sum d^2 is then reduced in a fixed order by
+// reduce.cu:sum_to_scalar over block_sums. Matches NumpyBackend.mse_grad.
+// grad may alias a (each element is read before the same thread writes it).
+// Launch: 1-D grid-stride over rows*cols elements, block exactly 256, grid G fixed by the
+// size (so block_sums has G entries and the sum order depends on the shape only).
+template <typename T, int KIND>
+__device__ void mse_grad_loop(const T* a, const T* y, long long size, T n_rows, T p0, T p1,
+                              T* grad, double* block_sums) {
+    double sq = 0.0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
+        const T ai = a[i];
+        const T d = ai - y[i];
+        sq += (double)d * (double)d;
+        grad[i] = (d / n_rows) * act_derivative<T, KIND>(ai, p0, p1);
+    }
+    const double total = gn_block_sum_256(sq);
+    if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+}
+
+template <typename T>
+__device__ void mse_grad(const T* a, const T* y, long long rows, long long cols, int kind, T p0, T p1,
+                         T* grad, double* block_sums) {
+    const long long size = rows * cols;
+    const T n_rows = T(rows);
+    switch (kind) {
+        case 1: mse_grad_loop<T, 1>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
+        case 2: mse_grad_loop<T, 2>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
+        case 3: mse_grad_loop<T, 3>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
+        case 4: mse_grad_loop<T, 4>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
+        default: mse_grad_loop<T, 0>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
+    }
+}
+
+extern "C" __global__ void mse_grad_f32(const float* a, const float* y, long long rows, long long cols,
+                                        int kind, float p0, float p1, float* grad, double* block_sums) {
+    mse_grad<float>(a, y, rows, cols, kind, p0, p1, grad, block_sums);
+}
+extern "C" __global__ void mse_grad_f64(const double* a, const double* y, long long rows, long long cols,
+                                        int kind, double p0, double p1, double* grad, double* block_sums) {
+    mse_grad<double>(a, y, rows, cols, kind, p0, p1, grad, block_sums);
+}

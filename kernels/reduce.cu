@@ -1,0 +1,126 @@
+// Deterministic reductions: bias gradients (column sums), the sum of squares of a flat
+// vector (global gradient norm), and the final fixed-order sum to one scalar that the
+// losses use too.
+//
+// Every partial sum is accumulated in double and combined in an order fixed by the shape
+// and the launch configuration (which the launcher derives from the shape alone), never
+// with atomics, so two calls on the same data give bitwise-identical results.
+
+// Sum of v over a block of exactly 256 threads, in a fixed tree order; valid in every
+// thread. Call at most once per kernel (its shared slot 0 would be overwritten).
+__device__ __forceinline__ double block_sum_256(double v) {
+    __shared__ double partial[256];
+    partial[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = 128; half > 0; half >>= 1) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
+// ---- bias gradient: column sums ------------------------------------------------------------
+// out[c] = sum_r x[r, c] for x (rows, cols) C-contiguous.  Matches NumpyBackend.bias_grad.
+// Launch: block (32, 8): threadIdx.x walks 32 adjacent columns (coalesced reads of a row
+// segment), threadIdx.y one of 8 row lanes. grid.x grid-strides over 32-column tiles;
+// grid.y = chunks splits the rows into chunks of rows_per_chunk. Within a chunk a thread
+// sums rows ty, ty+8, ... in order; the 8 lanes are then added in lane order. With one
+// chunk the result goes to out; with more, each chunk writes partial[chunk, c] (double)
+// and column_sums_finish adds the chunks in chunk order.
+template <typename T>
+__device__ void column_sums(const T* x, long long rows, long long cols, long long rows_per_chunk,
+                            double* partial, T* out) {
+    __shared__ double lanes[8][33];  // +1 column keeps the lane-sum reads off one bank
+    const long long row_begin = (long long)blockIdx.y * rows_per_chunk;
+    long long row_end = row_begin + rows_per_chunk;
+    if (row_end > rows) row_end = rows;
+    for (long long tile = blockIdx.x; tile * 32 < cols; tile += gridDim.x) {
+        const long long col = tile * 32 + threadIdx.x;
+        double acc = 0.0;
+        if (col < cols) {
+            for (long long r = row_begin + threadIdx.y; r < row_end; r += 8) acc += (double)x[r * cols + col];
+        }
+        lanes[threadIdx.y][threadIdx.x] = acc;
+        __syncthreads();
+        if (threadIdx.y == 0 && col < cols) {
+            double total = lanes[0][threadIdx.x];
+            for (int lane = 1; lane < 8; ++lane) total += lanes[lane][threadIdx.x];
+            if (gridDim.y == 1) out[col] = (T)total;
+            else partial[(long long)blockIdx.y * cols + col] = total;
+        }
+        __syncthreads();  // lanes is reused by the next tile
+    }
+}
+
+extern "C" __global__ void column_sums_f32(const float* x, long long rows, long long cols,
+                                           long long rows_per_chunk, double* partial, float* out) {
+    column_sums<float>(x, rows, cols, rows_per_chunk, partial, out);
+}
+extern "C" __global__ void column_sums_f64(const double* x, long long rows, long long cols,
+                                           long long rows_per_chunk, double* partial, double* out) {
+    column_sums<double>(x, rows, cols, rows_per_chunk, partial, out);
+}
+
+// out[c] = sum_k partial[k, c] for k = 0 .. chunks-1 in order (second pass of column_sums).
+// Launch: 1-D grid-stride over cols, block 256.
+template <typename T>
+__device__ void column_sums_finish(const double* partial, long long chunks, long long cols, T* out) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += stride) {
+        double total = 0.0;
+        for (long long k = 0; k < chunks; ++k) total += partial[k * cols + c];
+        out[c] = (T)total;
+    }
+}
+
+extern "C" __global__ void column_sums_finish_f32(const double* partial, long long chunks, long long cols,
+                                                  float* out) {
+    column_sums_finish<float>(partial, chunks, cols, out);
+}
+extern "C" __global__ void column_sums_finish_f64(const double* partial, long long chunks, long long cols,
+                                                  double* out) {
+    column_sums_finish<double>(partial, chunks, cols, out);
+}
+
+// ---- sum of squares ------------------------------------------------------------------------
+// block_sums[b] = sum of x[i]^2 over the elements block b visits (in double).
+// First pass of NumpyBackend.sumsq; sum_to_scalar finishes it.
+// Launch: 1-D grid-stride, block exactly 256, grid G fixed by the size (G entries written).
+template <typename T>
+__device__ void sumsq_partial(const T* x, long long size, double* block_sums) {
+    double acc = 0.0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
+        const double v = (double)x[i];
+        acc += v * v;
+    }
+    const double total = block_sum_256(acc);
+    if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+}
+
+extern "C" __global__ void sumsq_partial_f32(const float* x, long long size, double* block_sums) {
+    sumsq_partial<float>(x, size, block_sums);
+}
+extern "C" __global__ void sumsq_partial_f64(const double* x, long long size, double* block_sums) {
+    sumsq_partial<double>(x, size, block_sums);
+}
+
+// ---- final scalar --------------------------------------------------------------------------
+// out[0] = (sum_i values[i]) / divisor, values in double, summed by one block: thread t adds
+// values t, t+256, ... in order, then a fixed tree. Finishes sumsq (divisor 1), the mean
+// cross-entropy from per-row losses (divisor rows) and the MSE (divisor 2 rows).
+// Launch: exactly one block of 256 threads.
+template <typename T>
+__device__ void sum_to_scalar(const double* values, long long n, double divisor, T* out) {
+    double acc = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) acc += values[i];
+    const double total = block_sum_256(acc);
+    if (threadIdx.x == 0) out[0] = (T)(total / divisor);
+}
+
+extern "C" __global__ void sum_to_scalar_f32(const double* values, long long n, double divisor, float* out) {
+    sum_to_scalar<float>(values, n, divisor, out);
+}
+extern "C" __global__ void sum_to_scalar_f64(const double* values, long long n, double divisor, double* out) {
+    sum_to_scalar<double>(values, n, divisor, out);
+}
