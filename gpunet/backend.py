@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 
 import numpy as np
@@ -160,6 +161,81 @@ class NumpyBackend:
         else:
             step = g
         params -= xp.asarray(lr, dtype=params.dtype) * step
+        return params
+
+    def adam_update(self, params, grads, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, step,
+                    weight_decay, decoupled_weight_decay, n_decay, scale, skip):
+        """Fusable: one Adam (or AdamW) step over the whole flat parameter buffer, in place.
+
+        params, grads, exp_avg (m), exp_avg_sq (v): 1-D, same length P; the first ``n_decay``
+        entries are the weights. ``step`` is the 1-based step count t of this update (bias
+        correction); ``scale`` and ``skip`` as in ``sgd_update``. PyTorch's ``torch.optim.Adam``
+        (``weight_decay`` coupled, an L2 term in the gradient) and ``AdamW``
+        (``decoupled_weight_decay``, a shrink of the weights before the step):
+
+            g = scale * grads + weight_decay * params            (weights only)
+            params *= 1 - lr * decoupled_weight_decay            (weights only)
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g^2
+            params -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        """
+        if bool(skip):
+            return params
+        xp = self.xp
+        lr, beta1, beta2, eps = float(lr), float(beta1), float(beta2), float(eps)
+        g = grads * scale
+        if weight_decay:
+            g[:n_decay] += float(weight_decay) * params[:n_decay]
+        if decoupled_weight_decay:
+            params[:n_decay] *= 1.0 - lr * float(decoupled_weight_decay)
+        exp_avg *= beta1
+        exp_avg += (1.0 - beta1) * g
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1.0 - beta2) * (g * g)
+        bias_correction1 = 1.0 - beta1 ** step
+        bias_correction2 = 1.0 - beta2 ** step
+        denom = xp.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + eps
+        params -= (lr / bias_correction1) * exp_avg / denom
+        return params
+
+    def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, *, lr, alpha, eps,
+                       momentum, centered, weight_decay, n_decay, scale, skip):
+        """Fusable: one RMSprop step over the whole flat parameter buffer, in place.
+
+        params, grads, square_avg: 1-D, same length P; ``grad_avg`` (only when ``centered``)
+        and ``momentum_buf`` (only when ``momentum > 0``) likewise, else None. ``scale`` and
+        ``skip`` as in ``sgd_update``. PyTorch's ``torch.optim.RMSprop``:
+
+            g = scale * grads + weight_decay * params            (weights only)
+            s = alpha * s + (1 - alpha) * g^2
+            centered: a = alpha * a + (1 - alpha) * g,  d = sqrt(max(s - a^2, 0)) + eps
+            else:     d = sqrt(s) + eps
+            momentum: b = momentum * b + g / d,  params -= lr * b
+            else:     params -= lr * g / d
+
+        (The ``max(., 0)`` only guards against rounding: s >= a^2 holds exactly.)
+        """
+        if bool(skip):
+            return params
+        xp = self.xp
+        lr, alpha, eps, momentum = float(lr), float(alpha), float(eps), float(momentum)
+        g = grads * scale
+        if weight_decay:
+            g[:n_decay] += float(weight_decay) * params[:n_decay]
+        square_avg *= alpha
+        square_avg += (1.0 - alpha) * (g * g)
+        if centered:
+            grad_avg *= alpha
+            grad_avg += (1.0 - alpha) * g
+            denom = xp.sqrt(xp.maximum(square_avg - grad_avg * grad_avg, 0.0)) + eps
+        else:
+            denom = xp.sqrt(square_avg) + eps
+        if momentum:
+            momentum_buf *= momentum
+            momentum_buf += g / denom
+            params -= lr * momentum_buf
+        else:
+            params -= lr * (g / denom)
         return params
 
 

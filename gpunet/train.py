@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from .optim import SGD
+from .optim import SGD, make_optimizer
+from .schedules import as_early_stopping, as_schedule
 from .validation import check_bool, check_int, check_real
 
 __all__ = ["fit", "History", "TrainingDiverged"]
@@ -32,7 +33,19 @@ class TrainingDiverged(FloatingPointError):
 
 class History(dict):
     """Per-epoch records: ``history["loss"]``, ``history["accuracy"]`` (or ``"r2"``), and
-    ``"val_loss"``/``"val_accuracy"`` with validation data; ``history["time"]`` in seconds."""
+    ``"val_loss"``/``"val_accuracy"`` with validation data; ``history["time"]`` in seconds;
+    ``history["lr"]`` the learning rate of each epoch's last step.
+
+    With early stopping: ``stopped_epoch`` (1-based epoch after which it stopped; None when
+    every epoch ran), ``best_epoch`` and ``best_value`` of the monitored metric."""
+
+    stopped_epoch = None
+    best_epoch = None
+    best_value = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopped_epoch is not None
 
     @property
     def epochs(self) -> int:
@@ -69,13 +82,20 @@ def _check_validation(net, validation_data):
 
 
 def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=False,
-        clip_norm=None, validation_data=None, shuffle=True, progress=True, optimizer=None):
+        clip_norm=None, validation_data=None, shuffle=True, progress=True, optimizer=None,
+        schedule=None, early_stopping=None):
     """Train ``net`` in place and return a ``History``.
 
     X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
     regressors. ``lr``, ``momentum``, ``nesterov`` configure SGD unless an ``optimizer``
-    (e.g. ``gpunet.optim.SGD``) is given, whose state then carries over between calls.
+    is given: an object (e.g. ``gpunet.optim.Adam(lr=1e-3)``), whose state then carries
+    over between calls, or a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``) built
+    with ``lr`` (and ``momentum``/``nesterov`` where they apply).
     ``clip_norm`` rescales the gradient when its global L2 norm exceeds it.
+    ``schedule`` (``gpunet.schedules``, or ``f(epoch) -> factor``) scales the optimizer's
+    lr per epoch or per step; ``history["lr"]`` holds the lr of each epoch's last step.
+    ``early_stopping`` (True or a ``gpunet.schedules.EarlyStopping``) stops on a stalled
+    per-epoch metric and restores the best epoch's parameters; see ``History``.
     Every argument is checked before the model is touched.
     """
     epochs = check_int("epochs", epochs, low=0)
@@ -83,8 +103,8 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
         batch_size = check_int("batch_size", batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer (or None for full batch), got {batch_size}")
-    if optimizer is None:
-        optimizer = SGD(lr=lr, momentum=momentum, nesterov=nesterov)
+    if optimizer is None or isinstance(optimizer, str):
+        optimizer = _optimizer_by_name("sgd" if optimizer is None else optimizer, lr, momentum, nesterov)
     elif not hasattr(optimizer, "step"):
         raise TypeError(f"optimizer must have a step() method, got {type(optimizer).__name__}")
     if clip_norm is not None:
@@ -96,6 +116,13 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     x_host = check_features(X, net.sizes[0], dtype=net.dtype)
     y_host = net._check_targets(y, x_host.shape[0])
     val = _check_validation(net, validation_data)
+    schedule = as_schedule(schedule)
+    base_lr = getattr(optimizer, "lr", None)
+    if schedule is not None and base_lr is None:
+        raise TypeError("a schedule scales the optimizer's lr attribute, and this optimizer has none")
+    stopper = as_early_stopping(early_stopping)
+    if stopper is not None:
+        _check_monitor(stopper.monitor, net.is_classifier, val is not None)
 
     be = net.backend
     xp = be.xp
@@ -111,6 +138,17 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     ss_tot = None if net.is_classifier else ((y_host - y_host.mean(axis=0)) ** 2).sum(axis=0)
     eager = be.name == "numpy"    # on the CPU a check per step costs nothing
 
+    history["lr"] = []
+    steps_per_epoch = -(-n // bs)
+    per_step = schedule is not None and schedule.per == "step"
+    total_units = epochs * steps_per_epoch if per_step else epochs
+    epoch_lr = base_lr
+    best_params = None
+    if stopper is not None:
+        stopper.reset()
+        if stopper.restore_best_weights:
+            best_params = net.flat_params.copy()
+
     bar = _progress_bar(progress, epochs)
     try:
         for epoch in range(epochs):
@@ -120,7 +158,12 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
             loss_sum = xp.zeros((), dtype=np.float64)
             metric_sum = xp.zeros(() if net.is_classifier else (y_host.shape[1],), dtype=np.float64)
             bad = xp.zeros((), dtype=bool)
+            if schedule is not None and not per_step:
+                epoch_lr = schedule.lr(base_lr, epoch, total_units)
             for step, start in enumerate(range(0, n, bs)):
+                if per_step:    # a Python float per step: no device sync
+                    epoch_lr = schedule.lr(base_lr, epoch * steps_per_epoch + step, total_units)
+                lr_arg = {} if schedule is None else {"lr": epoch_lr}
                 idx = order_dev[start:start + bs]
                 xb = be.take_rows(x_all, idx)
                 tb = be.take_rows(t_all, idx)
@@ -138,7 +181,7 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
                             f"(loss={float(loss)}); parameters are those from before that step. "
                             "Try a smaller learning rate or clip_norm.")
                     optimizer.step(be, net.flat_params, net.flat_grads, weight_decay=net.weight_decay,
-                                   n_decay=net.n_weights, scale=scale, skip=bad)
+                                   n_decay=net.n_weights, scale=scale, skip=bad, **lr_arg)
                     loss_sum += loss * nb
                     metric_sum += _batch_metric(net, xb, tb)
             if not eager and bool(bad):
@@ -152,12 +195,17 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
                 record[metric] = _r2_from_sums(be.to_numpy(metric_sum), ss_tot)
             if val is not None:
                 record["val_loss"], record[f"val_{metric}"] = _evaluate(net, *val)
+            record["lr"] = epoch_lr
             record["time"] = time.perf_counter() - t0
             for key, value in record.items():
                 history[key].append(value)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "time"}, refresh=False)
                 bar.update(1)
+            if stopper is not None and _early_stopping_epoch(stopper, history, net, epoch, best_params):
+                break
+        if best_params is not None and stopper.best_epoch is not None:
+            net.flat_params[...] = best_params
     finally:
         if bar is not None:
             bar.close()
@@ -191,3 +239,42 @@ def _evaluate(net, x, targets):
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
         return loss, float((out.argmax(axis=1) == labels).mean())
     return loss, r2_score(net.backend.to_numpy(targets), net.backend.to_numpy(out))
+
+
+def _optimizer_by_name(name, lr, momentum, nesterov):
+    """``fit(optimizer="adam", lr=...)``: momentum and Nesterov only where they mean something."""
+    key = name.strip().lower()
+    options = {}
+    if key == "sgd":
+        options = {"momentum": momentum, "nesterov": nesterov}
+    elif key == "rmsprop":
+        if nesterov:
+            raise ValueError("nesterov=True applies to optimizer='sgd' only")
+        options = {"momentum": momentum}
+    elif key in ("adam", "adamw") and (momentum or nesterov):
+        raise ValueError(f"momentum/nesterov apply to optimizer='sgd' (momentum also to 'rmsprop'); "
+                         f"{name!r} uses betas instead: pass an optimizer object such as "
+                         "gpunet.optim.Adam(lr=1e-3, betas=(0.9, 0.999))")
+    return make_optimizer(name, lr=lr, **options)
+
+
+def _check_monitor(monitor, is_classifier, has_validation):
+    metric = "accuracy" if is_classifier else "r2"
+    known = ["loss", metric] + (["val_loss", f"val_{metric}"] if has_validation else [])
+    if monitor not in known:
+        if monitor in ("val_loss", f"val_{metric}"):
+            raise ValueError(f"early stopping monitors {monitor!r} but fit() got no validation_data")
+        raise ValueError(f"early stopping cannot monitor {monitor!r}; this fit records {', '.join(known)}")
+
+
+def _early_stopping_epoch(stopper, history, net, epoch, best_params):
+    """Feed the epoch's monitored value to ``stopper``, keep the best parameters (a device
+    copy), note the outcome on ``history``; True when training should stop now."""
+    if stopper.update(epoch + 1, history[stopper.monitor][-1]):
+        if best_params is not None:
+            best_params[...] = net.flat_params
+    history.best_epoch, history.best_value = stopper.best_epoch, stopper.best_value
+    if stopper.should_stop:
+        history.stopped_epoch = epoch + 1
+        return True
+    return False
