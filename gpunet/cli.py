@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -15,6 +16,13 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return value
 
 
@@ -37,8 +45,9 @@ def _build_parser():
     t.add_argument("--weight-decay", type=float, default=1e-3)
     t.add_argument("--clip-norm", type=float, default=None, help="clip the gradient's global norm")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    t.add_argument("--seed", type=_non_negative_int, default=0)
+    t.add_argument("--backend", default=None, choices=["auto", "numpy", "cupy"],
+                   help="array backend (default: GPUNET_BACKEND if set, else auto)")
     t.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     t.add_argument("--plot", metavar="PNG", help="write the learning curves (needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,7 +60,12 @@ def _train(args):
     import gpunet as gn
     from gpunet.data import load_dataset
 
-    backend = gn.set_backend(args.backend)
+    # refuse an unwritable destination now rather than after a long training run
+    for option, target in (("--save", args.save), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(target)) if target else None
+        if folder and not os.path.isdir(folder):
+            raise ValueError(f"{option} {target}: the folder {folder} does not exist")
+    backend = gn.set_backend(args.backend) if args.backend else gn.get_backend()
     data = load_dataset(args.dataset, seed=args.seed)
     classify = data.y_train.ndim == 1
     sizes = [data.n_features, *args.hidden, data.n_classes]
@@ -107,7 +121,7 @@ def main(argv=None) -> int:
         if args.command == "train":
             return _train(args)
         return _info(args)
-    except (ValueError, TypeError, RuntimeError, ImportError, FloatingPointError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError, FloatingPointError, OSError) as exc:
         print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
