@@ -111,7 +111,48 @@ def _info(args):
     ok, why = gpu_status()
     print(f"gpu      {'usable' if ok else 'not usable'}: {why}")
     print(f"backend  {gn.get_backend().name} (GPUNET_BACKEND or set_backend() choose; 'auto' by default)")
-    return 0
+
+    from gpunet import cuda
+    if not ok:
+        # no device to run on, but a compiler may still vouch for the sources
+        print("kernels  not checked on a GPU (none is usable, see above)")
+        nvrtc = cuda.nvrtc_version()
+        if nvrtc is None and cuda.nvcc_path() is None:
+            print("compile  skipped: neither NVRTC (through CuPy) nor nvcc is available")
+            return 0
+        start = time.perf_counter()
+        results = cuda.compile_sources("auto", archs=("sm_90",))
+        failed = [(topic, err) for topic, _, _, err in results if err]
+        tool = results[0][1] if results else "-"
+        tool += f" {nvrtc[0]}.{nvrtc[1]}" if tool == "nvrtc" and nvrtc else ""
+        print(f"compile  {len(results) - len(failed)}/{len(results)} sources compiled for sm_90 with {tool} "
+              f"in {time.perf_counter() - start:.1f} s (compiled only, not run)")
+        for topic, err in failed:
+            print(f"         FAILED kernels/{topic}.cu:\n{err}")
+        return 1 if failed else 0
+
+    import cupy
+    from gpunet.cupy_backend import parity_check
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    major, minor = dev.compute_capability[:-1], dev.compute_capability[-1]
+    runtime, driver = cupy.cuda.runtime.runtimeGetVersion(), cupy.cuda.runtime.driverGetVersion()
+    print(f"device   {name} (compute capability {major}.{minor}, {props['multiProcessorCount']} SMs, "
+          f"{props['totalGlobalMem'] / 2**30:.1f} GiB)")
+    print(f"cuda     runtime {runtime // 1000}.{runtime % 1000 // 10}, driver {driver // 1000}.{driver % 1000 // 10}"
+          + (f", nvrtc {'.'.join(map(str, cuda.nvrtc_version()))}" if cuda.nvrtc_version() else ""))
+    start = time.perf_counter()
+    loaded = cuda.load_all()
+    print(f"kernels  {sum(map(len, loaded.values()))} kernels from {len(loaded)} sources in {cuda.kernel_dir()} "
+          f"compiled and loaded in {time.perf_counter() - start:.2f} s")
+    rows = parity_check()
+    for row in rows:
+        print(f"parity   {'ok  ' if row['ok'] else 'FAIL'} {row['op']:<44} {row['dtype']:<8} "
+              f"max err {row['max_error']:.2e} (tol {row['tolerance']:.0e})")
+    failed = [row for row in rows if not row["ok"]]
+    print(f"parity   {len(rows) - len(failed)}/{len(rows)} checks against the NumPy reference passed")
+    return 1 if failed else 0
 
 
 def main(argv=None) -> int:
