@@ -9,6 +9,7 @@ import pytest
 
 import gpunet as gn
 from gpunet.optim import SGD
+from gpunet.schedules import EarlyStopping
 
 N_EXAMPLES, N_FEATURES, N_CLASSES = 12, 4, 3
 FIT_OPTIONS = dict(epochs=1, batch_size=4, lr=0.1, progress=False)
@@ -194,7 +195,7 @@ BAD_FIT_OPTIONS = [
     ("lr_nan", dict(lr=float("nan")), ValueError, "lr must be finite"),
     ("lr_inf", dict(lr=float("inf")), ValueError, "lr must be finite"),
     ("lr_string", dict(lr="0.1"), TypeError, "lr must be a real number"),
-    ("lr_none", dict(lr=None), TypeError, "lr must be a real number"),
+    ("lr_list", dict(lr=[0.1]), TypeError, "lr must be a real number"),
     ("momentum_negative", dict(momentum=-0.1), ValueError, "momentum must be >= 0"),
     ("momentum_one", dict(momentum=1.0), ValueError, "momentum must be < 1"),
     ("momentum_large", dict(momentum=5.0), ValueError, "momentum must be < 1"),
@@ -209,6 +210,12 @@ BAD_FIT_OPTIONS = [
     ("shuffle_not_bool", dict(shuffle="yes"), TypeError, "shuffle must be True or False"),
     ("progress_not_bool", dict(progress=None), TypeError, "progress must be True or False"),
     ("optimizer_without_step", dict(optimizer=object()), TypeError, "optimizer must have a step"),
+    ("optimizer_unknown_name", dict(optimizer="nadam"), ValueError, "unknown optimizer 'nadam'"),
+    ("adam_with_momentum", dict(optimizer="adam", momentum=0.9), ValueError, "momentum/nesterov apply to optimizer='sgd'"),
+    ("schedule_not_callable", dict(schedule=3), TypeError, "schedule must be a gpunet.schedules.Schedule"),
+    ("early_stopping_not_bool", dict(early_stopping="yes"), TypeError, "early_stopping must be True"),
+    ("early_stopping_on_missing_validation", dict(early_stopping=EarlyStopping(monitor="val_loss")), ValueError,
+     "monitors 'val_loss' but fit\\(\\) got no validation_data"),
 ]
 
 
