@@ -297,7 +297,13 @@ def get_backend() -> NumpyBackend:
     """The active backend (chosen from ``GPUNET_BACKEND``, default "auto", on first use)."""
     global _active
     if _active is None:
-        _active = _make(os.environ.get("GPUNET_BACKEND", "auto"))
+        # an empty variable means unset; a bad one is reported under its own name, since the
+        # call that trips over it may be far from where it was set
+        name = os.environ.get("GPUNET_BACKEND", "").strip() or "auto"
+        try:
+            _active = _make(name)
+        except (ValueError, RuntimeError) as exc:
+            raise type(exc)(f"GPUNET_BACKEND={name!r}: {exc}") from None
     return _active
 
 
