@@ -17,7 +17,7 @@ __device__ __forceinline__ double gn_exp(double x) { return exp(x); }
 __device__ __forceinline__ float gn_log(float x) { return logf(x); }
 __device__ __forceinline__ double gn_log(double x) { return log(x); }
 
-// -inf and NaN from their bit patterns (NVRTC has no INFINITY/NAN macros without headers).
+// -inf and NaN from their bit patterns: NVRTC has no math.h to define macros for them.
 template <typename T> __device__ __forceinline__ T neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float((int)0xff800000u); }
 template <> __device__ __forceinline__ double neg_inf<double>() {

@@ -1,0 +1,105 @@
+"""Every CUDA source in kernels/ compiles, without a GPU: with ``nvcc -ptx`` when nvcc is on
+PATH and with NVRTC (``cupy.cuda.nvrtc``, the compiler CuPy uses at run time) when CuPy and
+libnvrtc load. Each compiler is skipped with its reason when absent. Plus the rules NVRTC
+imposes on the sources (no headers, no INFINITY) and the naming the launchers rely on."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gpunet import cuda
+
+SOURCES = cuda.kernel_sources()
+ARCHS = ("sm_80", "sm_90")
+NVCC = cuda.nvcc_path()
+NVRTC = cuda.nvrtc_version()
+
+
+def test_sources_are_found_in_the_checkout():
+    assert set(cuda.KERNEL_TOPICS) <= set(SOURCES), f"missing topics in {cuda.kernel_dir()}"
+    assert all(path.suffix == ".cu" and path.parent == cuda.kernel_dir() for path in SOURCES.values())
+
+
+@pytest.mark.parametrize("topic", sorted(SOURCES))
+def test_source_needs_no_toolkit_header(topic):
+    text = SOURCES[topic].read_text(encoding="utf-8")
+    assert "#include" not in text, "NVRTC has no toolkit headers: kernels must not #include anything"
+    assert not re.search(r"\bINFINITY\b", text), "INFINITY needs math headers; build -inf from its bit pattern"
+    assert not re.search(r"\batomic[A-Z]\w*\(", text), "reductions must be deterministic: no atomics"
+
+
+@pytest.mark.parametrize("topic", sorted(SOURCES))
+def test_every_kernel_has_float_and_double_instances(topic):
+    text = SOURCES[topic].read_text(encoding="utf-8")
+    names = cuda.kernel_names(text)
+    assert names, f"no extern \"C\" __global__ kernel in {topic}.cu"
+    bases = {re.sub(r"_f(32|64)$", "", n) for n in names}
+    for base in bases:
+        assert f"{base}_f32" in names and f"{base}_f64" in names, f"{base} lacks a float or double instance"
+    assert len(names) == 2 * len(bases), f"unexpected entry points in {topic}.cu: {names}"
+
+
+@pytest.mark.parametrize("topic", sorted(SOURCES))
+def test_source_opens_with_a_comment(topic):
+    first = SOURCES[topic].read_text(encoding="utf-8").lstrip().splitlines()[0]
+    assert first.startswith("//"), "each topic file opens with a comment saying what it holds"
+
+
+def test_launchers_name_existing_kernels():
+    """Every ``get_kernel(topic, f"<name>_{...}")`` in gpunet/cuda.py names a kernel of that topic."""
+    text = Path(cuda.__file__).read_text(encoding="utf-8")
+    calls = re.findall(r'get_kernel\("(\w+)", f"(\w+)_\{', text)
+    assert calls
+    for topic, base in calls:
+        names = cuda.kernel_names(SOURCES[topic].read_text(encoding="utf-8"))
+        assert f"{base}_f32" in names and f"{base}_f64" in names, f"{topic}.cu has no {base}_f32/_f64"
+
+
+@pytest.fixture(scope="module")
+def nvcc_results():
+    """Every source for every arch in one go (nvcc runs side by side), shared by the arch tests."""
+    return cuda.compile_sources("nvcc", archs=ARCHS)
+
+
+@pytest.fixture(scope="module")
+def nvrtc_results():
+    return cuda.compile_sources("nvrtc", archs=ARCHS)
+
+
+def _assert_compiled(results, arch):
+    mine = [r for r in results if r[2] == arch]
+    assert len(mine) == len(SOURCES)
+    failures = {topic: err for topic, _, _, err in mine if err}
+    assert not failures, "\n\n".join(f"kernels/{t}.cu for {arch}:\n{e}" for t, e in failures.items())
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvcc_compiles_every_source(nvcc_results, arch):
+    _assert_compiled(nvcc_results, arch)
+
+
+@pytest.mark.skipif(NVRTC is None, reason="NVRTC is not available (CuPy not importable or libnvrtc not found)")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvrtc_compiles_every_source(nvrtc_results, arch):
+    _assert_compiled(nvrtc_results, arch)
+
+
+def test_compile_reports_a_broken_source(tmp_path, monkeypatch):
+    """The check would catch a broken kernel (so a green run means something)."""
+    if NVRTC is None and NVCC is None:
+        pytest.skip("neither NVRTC nor nvcc is available")
+    broken = tmp_path / "broken.cu"
+    broken.write_text('extern "C" __global__ void broken_f32(float* x) { x[0] = undefined_name; }\n')
+    monkeypatch.setattr(cuda, "kernel_sources", lambda: {"broken": broken})
+    results = cuda.compile_sources("auto", archs=("sm_90",))
+    assert len(results) == 1 and results[0][3] and "undefined_name" in results[0][3]
+
+
+def test_compile_without_any_compiler_says_so(monkeypatch):
+    monkeypatch.setattr(cuda, "nvrtc_version", lambda: None)
+    monkeypatch.setattr(cuda, "nvcc_path", lambda: None)
+    with pytest.raises(RuntimeError, match="neither NVRTC"):
+        cuda.compile_sources("auto")
