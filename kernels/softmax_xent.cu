@@ -37,8 +37,10 @@ __device__ __forceinline__ void stats_push(RowStats<T>& st, T x) {
     if (x > st.max) {  // one exp per element: rescale the old sum only when the max moves
         st.sum = st.sum * gn_exp(st.max - x) + T(1);
         st.max = x;
-    } else {
-        st.sum += gn_exp(x - st.max);  // a NaN x lands here and poisons the sum, as it should
+    } else if (x != neg_inf<T>()) {
+        // -inf adds exp(-inf) = 0 (skipped so that -inf - -inf never makes a NaN);
+        // a NaN x lands here and poisons the sum, as it does in the reference
+        st.sum += gn_exp(x - st.max);
     }
 }
 
