@@ -36,10 +36,8 @@ def _can_build_wheels():
 
 
 @pytest.fixture(scope="module")
-def wheel_path(tmp_path_factory):
-    ok, why = _can_build_wheels()
-    if not ok:
-        pytest.skip(f"cannot build a wheel without build isolation: {why}")
+def source_copy(tmp_path_factory):
+    """The snapshot of the project the wheel is built from."""
     source = tmp_path_factory.mktemp("source")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
     for name in ("pyproject.toml", "README.md"):
@@ -47,6 +45,15 @@ def wheel_path(tmp_path_factory):
     shutil.copytree(REPO_ROOT / "gpunet", source / "gpunet", ignore=ignore)
     if KERNELS.is_dir():
         shutil.copytree(KERNELS, source / "kernels", ignore=ignore)
+    return source
+
+
+@pytest.fixture(scope="module")
+def wheel_path(source_copy, tmp_path_factory):
+    ok, why = _can_build_wheels()
+    if not ok:
+        pytest.skip(f"cannot build a wheel without build isolation: {why}")
+    source = source_copy
     out = tmp_path_factory.mktemp("wheelhouse")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
@@ -73,7 +80,7 @@ def _dist_info_file(archive, name):
     return archive.read(matches[0]).decode()
 
 
-def test_wheel_ships_every_kernel_source(wheel_path):
+def test_wheel_ships_every_kernel_source(wheel_path, source_copy):
     with zipfile.ZipFile(wheel_path) as archive:
         names = set(archive.namelist())
         shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("gpunet/kernels/") and n.endswith(".cu"))
@@ -82,7 +89,8 @@ def test_wheel_ships_every_kernel_source(wheel_path):
         if any(KERNELS.glob("*")):
             assert shipped, "kernels/ has files but the wheel has no gpunet/kernels/*.cu"
         for name in in_repo:
-            assert archive.read(f"gpunet/kernels/{name}") == (KERNELS / name).read_bytes()
+            # against the snapshot: the checkout's kernels may be edited while the test runs
+            assert archive.read(f"gpunet/kernels/{name}") == (source_copy / "kernels" / name).read_bytes()
 
 
 def test_wheel_ships_the_package_modules(wheel_path):
