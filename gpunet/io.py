@@ -22,6 +22,8 @@ FORMAT = "gpunet.MLP"
 FORMAT_VERSION = 1
 _KEYS = {"format", "version", "config", "params"}
 _MAX_CONFIG_CHARS = 1 << 20
+_MAX_SMALL_MEMBER_BYTES = 4 * _MAX_CONFIG_CHARS + 4096
+_NPY_HEADER_SLACK = 4096
 
 
 def save(net, path):
@@ -37,6 +39,7 @@ def save(net, path):
     }
     fd, tmp = tempfile.mkstemp(prefix=".gpunet-", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_current_umask())   # mkstemp makes 0600; saved models are ordinary files
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
@@ -48,35 +51,20 @@ def save(net, path):
         raise
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _bad(path, why):
     return ValueError(f"{path!s} is not a readable gpunet model file: {why}")
 
 
-def load(path):
-    """Read a model written by ``save``; it is built on the active backend."""
-    from .mlp import MLP
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no model file at {path!s}")
-    try:
-        data = np.load(path, allow_pickle=False)
-        # a plain .npy loads as an array, which is no context manager: refuse it first
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise _bad(path, "it is a single array, not an .npz archive")
-        with data:
-            keys = set(data.files)
-            if keys != _KEYS:
-                raise _bad(path, f"expected the fields {sorted(_KEYS)}, found {sorted(keys)}")
-            fields = {k: data[k] for k in _KEYS}
-    except ValueError as exc:
-        if "not a readable gpunet model" in str(exc):
-            raise
-        # allow_pickle=False refuses object arrays with a ValueError
-        raise _bad(path, str(exc)) from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise _bad(path, f"{type(exc).__name__}: {exc}") from None
-
-    fmt, version, config, params = (fields[k] for k in ("format", "version", "config", "params"))
+def _check_header(path, fields, params_bytes):
+    """Check format, version and config; returns the config dict. Refuses a params member
+    larger than the config's network needs before it is read."""
+    fmt, version, config = (fields[k] for k in ("format", "version", "config"))
     if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
         raise _bad(path, f"format field is {fmt!r}, expected {FORMAT!r}")
     if version.shape != () or version.dtype.kind not in "iu":
@@ -94,6 +82,46 @@ def load(path):
     expected = {"sizes", "activation", "output", "loss", "init", "weight_decay", "dtype", "seed"}
     if set(cfg) != expected:
         raise _bad(path, f"config has keys {sorted(cfg)}, expected {sorted(expected)}")
+    sizes = cfg.get("sizes")
+    if isinstance(sizes, list) and all(type(s) is int and s > 0 for s in sizes):
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        if params_bytes > n_params * 8 + _NPY_HEADER_SLACK:
+            raise _bad(path, f"params field unpacks to {params_bytes} bytes, more than "
+                             f"the {n_params} parameters the config describes")
+    return cfg
+
+
+def load(path):
+    """Read a model written by ``save``; it is built on the active backend."""
+    from .mlp import MLP
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file at {path!s}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        # a plain .npy loads as an array, which is no context manager: refuse it first
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise _bad(path, "it is a single array, not an .npz archive")
+        with data:
+            keys = set(data.files)
+            if keys != _KEYS:
+                raise _bad(path, f"expected the fields {sorted(_KEYS)}, found {sorted(keys)}")
+            # members are read lazily: the small ones first, so that the params member's
+            # unpacked size can be bounded by the config before it is read (zip bombs)
+            for key in ("format", "version", "config"):
+                if data.zip.getinfo(f"{key}.npy").file_size > _MAX_SMALL_MEMBER_BYTES:
+                    raise _bad(path, f"the {key} field is implausibly large")
+            header = {k: data[k] for k in ("format", "version", "config")}
+            cfg = _check_header(path, header, data.zip.getinfo("params.npy").file_size)
+            params = data["params"]
+    except ValueError as exc:
+        if "not a readable gpunet model" in str(exc):
+            raise
+        # allow_pickle=False refuses object arrays with a ValueError
+        raise _bad(path, str(exc)) from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise _bad(path, f"{type(exc).__name__}: {exc}") from None
+
     # match the parameter count before building, so a tiny file cannot make us allocate a huge network
     sizes = cfg["sizes"]
     if isinstance(sizes, list) and all(type(s) is int and s > 0 for s in sizes):

@@ -345,7 +345,7 @@ FIELD_CASES = {
     "params_float64_for_float32": (lambda g: _edited(g, params=_fields(g)["params"].astype(np.float64)),
                                    "params dtype float64 does not match config dtype float32"),
     "params_int": (lambda g: _edited(g, params=_fields(g)["params"].astype(np.int32)), "params dtype int32"),
-    "params_strings": (lambda g: _edited(g, params=_fields(g)["params"].astype(str)), "params dtype"),
+    "params_strings": (lambda g: _edited(g, params=_fields(g)["params"].astype(str)), "params dtype|unpacks to"),
     "params_nan": (lambda g: _edited(g, params=np.where(np.arange(len(_fields(g)["params"])) == 3, np.nan,
                                                        _fields(g)["params"]).astype(np.float32)), "NaN or infinite"),
     "params_inf": (lambda g: _edited(g, params=np.full_like(_fields(g)["params"], np.inf)), "NaN or infinite"),
@@ -367,3 +367,28 @@ def test_refused_load_names_the_file(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="garbage.npz"):
         gn.MLP.load(path)
+
+
+def test_compressed_params_bomb_is_refused_before_unpacking(tmp_path):
+    # a few hundred kB that would unpack to 200 MB of params for an 8-parameter network
+    net = gn.MLP([3, 2], seed=0)
+    good = tmp_path / "good.npz"
+    net.save(good)
+    fields = dict(np.load(good))
+    fields["params"] = np.zeros(50_000_000, np.float32)
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, **fields)
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(ValueError, match="unpacks to 200000128 bytes"):
+        gn.MLP.load(bomb)
+
+
+def test_saved_file_has_umask_permissions(tmp_path):
+    import os
+    net = gn.MLP([3, 2], seed=0)
+    old = os.umask(0o022)
+    try:
+        net.save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o644
