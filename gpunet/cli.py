@@ -53,6 +53,10 @@ def _build_parser():
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("info", help="versions, the active backend and whether a GPU is usable")
+
+    from gpunet.bench import add_arguments as add_bench_arguments
+    add_bench_arguments(sub.add_parser("bench", help="run the benchmark suite (a source checkout's benchmarks/) "
+                                       "and write JSON, a markdown table and a plot"))
     return parser
 
 
@@ -161,6 +165,9 @@ def main(argv=None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "bench":
+            from gpunet.bench import run as run_bench
+            return run_bench(args)
         return _info(args)
     except (ValueError, TypeError, RuntimeError, ImportError, FloatingPointError, OSError) as exc:
         print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
