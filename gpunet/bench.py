@@ -67,7 +67,10 @@ def find_suite(explicit=None):
     """The benchmarks/ directory: ``explicit``, $GPUNET_BENCHMARKS, next to the package
     (a source checkout), or in the working directory. None when there is none."""
     here = Path(__file__).resolve().parent.parent
-    candidates = [explicit, os.environ.get("GPUNET_BENCHMARKS"), here / "benchmarks", Path.cwd() / "benchmarks"]
+    if explicit:
+        candidates = [explicit]
+    else:
+        candidates = [os.environ.get("GPUNET_BENCHMARKS"), here / "benchmarks", Path.cwd() / "benchmarks"]
     for cand in candidates:
         if cand and (Path(cand) / "conftest.py").is_file() and (Path(cand) / "benchsupport.py").is_file():
             return Path(cand).resolve()
