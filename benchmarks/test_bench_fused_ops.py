@@ -4,7 +4,8 @@ and size. All of them are memory-bound: the report compares them with the copy b
 
 Inputs are random (never zeros) and built outside the timed part; each result is checked
 against a float64 reference before anything is timed. Ops that overwrite their input get a
-``setup`` that restores it before every round, untimed.
+``setup`` that restores it before every round, untimed. The fused op's rounds alternate with
+the unfused composition's, so its speedup comes from the same moments of the machine.
 """
 from __future__ import annotations
 
@@ -15,17 +16,25 @@ from benchsupport import MLP_SIZES, Size, assert_close, describe, device_sync, h
 from gpunet.activations import get_activation
 
 DTYPE = "float32"
+ITEMSIZE = np.dtype(DTYPE).itemsize
 VARIANTS = ["fused", "unfused"]
 
 
-def _device(backend):
-    return "gpu" if backend.name == "cupy" else "cpu"
-
-
-def _describe(benchmark, case, variant, backend, size, nbytes, **more):
-    describe(benchmark, case=case, impl=variant, backend=backend.name, device=_device(backend),
-             size=size, dtype=DTYPE, bytes=nbytes, bound="memory",
-             work=int(np.prod(size.shape)), **more)
+def _check_and_time(benchmark, measure, backend, variant, *, case, size, nbytes, fused, unfused, check,
+                    setup=None):
+    """Check both compositions against the reference, then time ``variant``; the fused one
+    runs with the unfused one as its alternating partner."""
+    sync = device_sync(backend.name)
+    ops = {"fused": fused, "unfused": unfused}
+    for name in ops if variant == "fused" else [variant]:
+        if setup is not None:
+            setup()
+        check(ops[name](), f"{case} {name}")
+    describe(benchmark, case=case, impl=variant, backend=backend.name,
+             device="gpu" if backend.name == "cupy" else "cpu", size=size, dtype=DTYPE,
+             bytes=nbytes, bound="memory", work=int(np.prod(size.shape)))
+    partners = [("unfused", unfused, sync)] if variant == "fused" else []
+    measure(ops[variant], sync=sync, setup=setup, partners=partners)
 
 
 # ---- softmax + cross-entropy + gradient ------------------------------------------------
@@ -51,7 +60,6 @@ def _softmax_xent_unfused(xp, logits, labels):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("size", params_of(SOFTMAX_SIZES))
 def test_softmax_xent(benchmark, measure, backend, size, variant):
-    xp = backend.xp
     n, c = size.shape
     rng = np.random.default_rng(1)
     logits_host = 3 * rng.standard_normal((n, c), dtype=DTYPE)
@@ -59,28 +67,23 @@ def test_softmax_xent(benchmark, measure, backend, size, variant):
     logits, labels = backend.asarray(logits_host), backend.asarray(labels_host)
     grad = backend.empty((n, c), DTYPE)
 
-    if variant == "fused":
-        def op():
-            return backend.softmax_xent(logits, labels, grad), grad
-    else:
-        def op():
-            return _softmax_xent_unfused(xp, logits, labels)
-
-    # float64 reference
-    ref_logits = logits_host.astype(np.float64)
-    shifted = ref_logits - ref_logits.max(axis=1, keepdims=True)
+    l64 = logits_host.astype(np.float64)
+    shifted = l64 - l64.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    ref_loss = -logp[np.arange(n), labels_host].mean()
     ref_grad = np.exp(logp)
     ref_grad[np.arange(n), labels_host] -= 1.0
     ref_grad /= n
-    loss, g = op()
-    assert abs(host_float(loss) - (-logp[np.arange(n), labels_host].mean())) <= 1e-4 * max(1.0, abs(host_float(loss)))
-    assert_close(g, ref_grad, DTYPE, f"softmax_xent {variant}")
 
-    itemsize = np.dtype(DTYPE).itemsize
-    _describe(benchmark, "softmax_xent", variant, backend, size,
-              nbytes=2 * n * c * itemsize + n * labels_host.itemsize)   # logits in, gradient out
-    measure(op, sync=device_sync(backend.name))
+    def check(result, what):
+        loss, g = result
+        assert abs(host_float(loss) - ref_loss) <= 1e-4 * max(1.0, ref_loss), (what, host_float(loss), ref_loss)
+        assert_close(g, ref_grad, DTYPE, what)
+
+    _check_and_time(benchmark, measure, backend, variant, case="softmax_xent", size=size,
+                    nbytes=2 * n * c * ITEMSIZE + n * labels_host.itemsize,   # logits in, gradient out
+                    fused=lambda: (backend.softmax_xent(logits, labels, grad), grad),
+                    unfused=lambda: _softmax_xent_unfused(backend.xp, logits, labels), check=check)
 
 
 # ---- bias + activation after a GEMM ------------------------------------------------------
@@ -105,7 +108,6 @@ _BIAS_ACT_REF = {
 @pytest.mark.parametrize("act", ["relu", "sigmoid"])
 @pytest.mark.parametrize("size", params_of(ELEMENTWISE_SIZES))
 def test_bias_act(benchmark, measure, backend, size, act, variant):
-    xp = backend.xp
     n, m = size.shape
     rng = np.random.default_rng(2)
     z_host = rng.standard_normal((n, m), dtype=DTYPE)
@@ -113,25 +115,16 @@ def test_bias_act(benchmark, measure, backend, size, act, variant):
     z0, b = backend.asarray(z_host), backend.asarray(b_host)
     z = z0.copy()
     activation = get_activation(act)
-    setup = None
-    if variant == "fused":
-        def op():
-            return backend.bias_act(z, b, activation)   # in place: z <- f(z + b)
-
-        def setup():
-            z[...] = z0
-    else:
-        def op():
-            return _BIAS_ACT_UNFUSED[act](xp, z, b)
-
-    if setup:
-        setup()
     ref = _BIAS_ACT_REF[act](z_host.astype(np.float64) + b_host)
-    assert_close(op(), ref, DTYPE, f"bias_act {act} {variant}")
 
-    itemsize = np.dtype(DTYPE).itemsize
-    _describe(benchmark, f"bias_act_{act}", variant, backend, size, nbytes=(2 * n * m + m) * itemsize)
-    measure(op, sync=device_sync(backend.name), setup=setup)
+    def setup():
+        z[...] = z0   # the fused op works in place: z <- f(z + b)
+
+    _check_and_time(benchmark, measure, backend, variant, case=f"bias_act_{act}", size=size,
+                    nbytes=(2 * n * m + m) * ITEMSIZE,
+                    fused=lambda: backend.bias_act(z, b, activation),
+                    unfused=lambda: _BIAS_ACT_UNFUSED[act](backend.xp, z, b),
+                    check=lambda out, what: assert_close(out, ref, DTYPE, what), setup=setup)
 
 
 # ---- activation derivative times the incoming gradient ---------------------------------
@@ -147,7 +140,6 @@ _ACT_DERIV_REF = {"relu": lambda a: (a > 0).astype(np.float64), "tanh": lambda a
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 @pytest.mark.parametrize("size", params_of(ELEMENTWISE_SIZES))
 def test_act_backward(benchmark, measure, backend, size, act, variant):
-    xp = backend.xp
     n, m = size.shape
     rng = np.random.default_rng(3)
     a_host = _ACT_FORWARD_REF[act](rng.standard_normal((n, m), dtype=DTYPE))
@@ -155,25 +147,16 @@ def test_act_backward(benchmark, measure, backend, size, act, variant):
     a, g0 = backend.asarray(a_host), backend.asarray(g_host)
     g = g0.copy()
     activation = get_activation(act)
-    setup = None
-    if variant == "fused":
-        def op():
-            return backend.act_backward(g, a, activation)   # in place: g <- g * f'(z)
-
-        def setup():
-            g[...] = g0
-    else:
-        def op():
-            return _ACT_BACKWARD_UNFUSED[act](xp, g, a)
-
-    if setup:
-        setup()
     ref = g_host.astype(np.float64) * _ACT_DERIV_REF[act](a_host.astype(np.float64))
-    assert_close(op(), ref, DTYPE, f"act_backward {act} {variant}")
 
-    itemsize = np.dtype(DTYPE).itemsize
-    _describe(benchmark, f"act_backward_{act}", variant, backend, size, nbytes=3 * n * m * itemsize)
-    measure(op, sync=device_sync(backend.name), setup=setup)
+    def setup():
+        g[...] = g0   # the fused op works in place: g <- g * f'(z)
+
+    _check_and_time(benchmark, measure, backend, variant, case=f"act_backward_{act}", size=size,
+                    nbytes=3 * n * m * ITEMSIZE,
+                    fused=lambda: backend.act_backward(g, a, activation),
+                    unfused=lambda: _ACT_BACKWARD_UNFUSED[act](backend.xp, g, a),
+                    check=lambda out, what: assert_close(out, ref, DTYPE, what), setup=setup)
 
 
 # ---- MSE loss and gradient through a sigmoid output ------------------------------------
@@ -195,7 +178,6 @@ def _mse_grad_unfused(xp, a, t):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("size", params_of(MSE_SIZES))
 def test_mse_grad(benchmark, measure, backend, size, variant):
-    xp = backend.xp
     n, k = size.shape
     rng = np.random.default_rng(4)
     a_host = 1 / (1 + np.exp(-rng.standard_normal((n, k), dtype=DTYPE)))
@@ -203,22 +185,19 @@ def test_mse_grad(benchmark, measure, backend, size, variant):
     a, t = backend.asarray(a_host), backend.asarray(t_host)
     grad = backend.empty((n, k), DTYPE)
     sigmoid = get_activation("sigmoid")
-    if variant == "fused":
-        def op():
-            return backend.mse_grad(a, t, sigmoid, grad), grad
-    else:
-        def op():
-            return _mse_grad_unfused(xp, a, t)
-
     a64, t64 = a_host.astype(np.float64), t_host.astype(np.float64)
-    loss, g = op()
     ref_loss = ((a64 - t64) ** 2).sum() / (2 * n)
-    assert abs(host_float(loss) - ref_loss) <= 1e-4 * ref_loss
-    assert_close(g, (a64 - t64) / n * a64 * (1 - a64), DTYPE, f"mse_grad {variant}")
+    ref_grad = (a64 - t64) / n * a64 * (1 - a64)
 
-    itemsize = np.dtype(DTYPE).itemsize
-    _describe(benchmark, "mse_grad", variant, backend, size, nbytes=3 * n * k * itemsize)
-    measure(op, sync=device_sync(backend.name))
+    def check(result, what):
+        loss, g = result
+        assert abs(host_float(loss) - ref_loss) <= 1e-4 * ref_loss, (what, host_float(loss), ref_loss)
+        assert_close(g, ref_grad, DTYPE, what)
+
+    _check_and_time(benchmark, measure, backend, variant, case="mse_grad", size=size,
+                    nbytes=3 * n * k * ITEMSIZE,
+                    fused=lambda: (backend.mse_grad(a, t, sigmoid, grad), grad),
+                    unfused=lambda: _mse_grad_unfused(backend.xp, a, t), check=check)
 
 
 # ---- SGD with momentum and weight decay over the flat parameter buffer ----------------
@@ -238,34 +217,28 @@ def _sgd_unfused(xp, params, grads, velocity, n_decay):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("size", params_of(SGD_SIZES))
 def test_sgd_update(benchmark, measure, backend, size, variant):
-    xp = backend.xp
     (p,) = size.shape
     n_decay = int(p * 0.99)   # weights first, biases last, as in MLP's flat buffer
     rng = np.random.default_rng(5)
     p_host, g_host, v_host = (rng.standard_normal(p, dtype=DTYPE) for _ in range(3))
     p0, grads, v0 = backend.asarray(p_host), backend.asarray(g_host), backend.asarray(v_host)
     params, velocity = p0.copy(), v0.copy()
-
-    def setup():
-        params[...] = p0
-        velocity[...] = v0
-
-    if variant == "fused":
-        def op():
-            return backend.sgd_update(params, grads, velocity, lr=LR, momentum=MOMENTUM, nesterov=False,
-                                      weight_decay=DECAY, n_decay=n_decay, scale=1.0, skip=False)
-    else:
-        def op():
-            return _sgd_unfused(xp, params, grads, velocity, n_decay)
-
-    setup()
-    op()
     p64, g64, v64 = (h.astype(np.float64) for h in (p_host, g_host, v_host))
     g64[:n_decay] += DECAY * p64[:n_decay]
     v_ref = MOMENTUM * v64 + g64
-    assert_close(velocity, v_ref, DTYPE, f"sgd velocity {variant}")
-    assert_close(params, p64 - LR * v_ref, DTYPE, f"sgd params {variant}")
 
-    itemsize = np.dtype(DTYPE).itemsize
-    _describe(benchmark, "sgd_update", variant, backend, size, nbytes=5 * p * itemsize)  # p, v, g in; p, v out
-    measure(op, sync=device_sync(backend.name), setup=setup)
+    def setup():
+        params[...] = p0   # both update params and velocity in place
+        velocity[...] = v0
+
+    def check(_, what):
+        assert_close(velocity, v_ref, DTYPE, f"{what} velocity")
+        assert_close(params, p64 - LR * v_ref, DTYPE, f"{what} params")
+
+    _check_and_time(benchmark, measure, backend, variant, case="sgd_update", size=size,
+                    nbytes=5 * p * ITEMSIZE,   # params, velocity, grads in; params, velocity out
+                    fused=lambda: backend.sgd_update(params, grads, velocity, lr=LR, momentum=MOMENTUM,
+                                                     nesterov=False, weight_decay=DECAY, n_decay=n_decay,
+                                                     scale=1.0, skip=False),
+                    unfused=lambda: _sgd_unfused(backend.xp, params, grads, velocity, n_decay),
+                    check=check, setup=setup)

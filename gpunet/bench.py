@@ -226,8 +226,11 @@ def _ratios(rows):
     by_key = {_key(r): r for r in rows}
     for row in rows:
         if row["impl"] == "fused":
+            paired = (row.get("paired") or {}).get("unfused")
             other = by_key.get(_key(row, impl="unfused"))
-            if other:
+            if paired:      # alternating rounds: fused/unfused per round, inverted
+                row["fused_speedup"] = 1.0 / paired["ratio"]
+            elif other:
                 row["fused_speedup"] = other["median"] / row["median"]
         if row["backend"] == "cupy":
             other = by_key.get(_key(row, device="cpu", backend="numpy"))
@@ -293,8 +296,10 @@ def render_markdown(rows, machine_info, title="") -> str:
                "move, per second; *of ceiling* divides by the ceilings below, measured in the same run, "
                "and *floor* is the time at the ceiling. The copy ceiling is main-memory bandwidth: "
                "an op whose arrays fit in cache can pass it (over 100%). gpunet/PyTorch is gpunet's time over the peer's "
-               "(below 1: gpunet is faster); for the train step and the epoch it is the median of "
-               "per-round ratios from rounds that alternate gpunet and the peer.")
+               "(below 1: gpunet is faster). The peer's ratio and the fused speedup are medians of "
+               "per-round ratios from rounds that alternate the two (A B A B), so they compare the "
+               "same moments of a shared machine; the rows of the peer and of the unfused op are "
+               "their own, separate measurements.")
     out.append("")
     ceil_rows = sorted((r for r in rows if r["case"] == "ceiling"), key=lambda r: (r["device"], r["impl"], r["dtype"]))
     if ceil_rows:
