@@ -253,5 +253,6 @@ def device_sync(backend_name):
     """A function that waits for queued work of a gpunet backend (a no-op for NumPy)."""
     if backend_name == "cupy":
         import cupy
-        return cupy.cuda.Device().synchronize
+        device = getattr(cupy.cuda, "Device", None)   # absent in a CPU stand-in for cupy
+        return device().synchronize if device else cupy.cuda.get_current_stream().synchronize
     return _no_sync

@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(__file__))   # benchsupport, also under --imp
 from benchsupport import TIERS, MLPSize, Size, torch_or_none  # noqa: E402
 
 GPU_OK, GPU_WHY = gpu_status()
+# other work on a shared machine skews every figure: the JSON says how busy it was
+_LOAD_AT_START = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 BACKENDS = ["numpy"] + (["cupy"] if GPU_OK else [])
 
 _QUICK_MAX_ROUNDS = 200
@@ -185,7 +187,8 @@ def machine_facts() -> dict:
         "cpu_count": os.cpu_count(),
         "gpu_usable": GPU_OK,
         "gpu_status": GPU_WHY,
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg": _LOAD_AT_START,
+        "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -206,12 +209,15 @@ def machine_facts() -> dict:
     if GPU_OK:
         import cupy
         facts["cupy"] = cupy.__version__
-        props = cupy.cuda.runtime.getDeviceProperties(0)
-        name = props["name"]
-        facts["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
-        facts["gpu_memory_gib"] = round(props["totalGlobalMem"] / 2**30, 1)
-        facts["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
-        facts["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        try:
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            name = props["name"]
+            facts["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+            facts["gpu_memory_gib"] = round(props["totalGlobalMem"] / 2**30, 1)
+            facts["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+            facts["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        except Exception as exc:  # a partial CUDA install still benchmarks; say what is unknown
+            facts["gpu"] = f"unknown ({type(exc).__name__})"
     return facts
 
 

@@ -354,7 +354,10 @@ def _machine_line(machine_info) -> str:
     else:
         parts.append("no PyTorch")
     if f.get("loadavg"):
-        parts.append("load average at start " + " ".join(f"{x:.1f}" for x in f["loadavg"]))
+        load = f"load average (1, 5, 15 min) at start {' '.join(f'{x:.1f}' for x in f['loadavg'])}"
+        if f.get("loadavg_at_end"):
+            load += f", at end {' '.join(f'{x:.1f}' for x in f['loadavg_at_end'])}"
+        parts.append(load)
     date = (f.get("date") or "")[:16].replace("T", " ")
     return f"{date}; " + "; ".join(parts) + "."
 
