@@ -242,11 +242,11 @@ def torch_sync(device):
     if device == "cuda":
         import torch
         return torch.cuda.synchronize
-    return _no_sync
+    return no_sync
 
 
-def _no_sync():
-    pass
+def no_sync():
+    """The ``sync`` of CPU work: nothing is queued."""
 
 
 def device_sync(backend_name):
@@ -255,4 +255,4 @@ def device_sync(backend_name):
         import cupy
         device = getattr(cupy.cuda, "Device", None)   # absent in a CPU stand-in for cupy
         return device().synchronize if device else cupy.cuda.get_current_stream().synchronize
-    return _no_sync
+    return no_sync

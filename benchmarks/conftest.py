@@ -8,7 +8,8 @@ this directory runs when named (``python -m pytest benchmarks``) or through ``gp
   The caller has already run ``fn`` once and checked its result, so kernel compilation,
   cuBLAS handles and torch.compile are warm. ``sync`` runs inside the timed part (GPU calls
   return before the work is done); ``setup`` (untimed, synchronised) restores inputs an
-  in-place op overwrote; ``partners`` alternate with ``fn`` round by round.
+  in-place op overwrote; ``partners`` alternate with ``fn`` round by round. On a GPU the
+  host time to queue one call goes to ``extra_info["host_time"]``.
 - ``--gpunet-backend``, ``--gpunet-size``, ``--gpunet-quick``, ``--gpunet-threads``: the
   options of ``gpunet bench``.
 """
@@ -28,7 +29,7 @@ import gpunet as gn
 from gpunet.backend import gpu_status
 
 sys.path.insert(0, os.path.dirname(__file__))   # benchsupport, also under --import-mode=importlib
-from benchsupport import TIERS, MLPSize, Size, torch_or_none  # noqa: E402
+from benchsupport import TIERS, MLPSize, Size, no_sync, torch_or_none  # noqa: E402
 
 GPU_OK, GPU_WHY = gpu_status()
 # other work on a shared machine skews every figure: the JSON says how busy it was
@@ -160,6 +161,18 @@ def measure(benchmark, request):
         for times in partner_times.values():
             times.clear()
         result = benchmark.pedantic(timed, setup=prepare, rounds=rounds, iterations=1)
+        if sync is not no_sync:
+            # GPU: how long the host takes to queue one call. Near the device time, the
+            # host (Python, launches) is the bottleneck of this case
+            host = []
+            for _ in range(min(rounds, 20)):
+                if prepare is not None:
+                    prepare()
+                t0 = time.perf_counter()
+                fn()
+                host.append(time.perf_counter() - t0)
+                sync()
+            benchmark.extra_info["host_time"] = statistics.median(host)
         if partners:
             own = benchmark.stats.stats.data
             benchmark.extra_info["paired"] = {

@@ -299,7 +299,8 @@ def render_markdown(rows, machine_info, title="") -> str:
                "(below 1: gpunet is faster). The peer's ratio and the fused speedup are medians of "
                "per-round ratios from rounds that alternate the two (A B A B), so they compare the "
                "same moments of a shared machine; the rows of the peer and of the unfused op are "
-               "their own, separate measurements.")
+               "their own, separate measurements. On a GPU, *host time to queue* is how long the "
+               "host takes to launch one call: near the median, launch overhead bounds the case.")
     out.append("")
     ceil_rows = sorted((r for r in rows if r["case"] == "ceiling"), key=lambda r: (r["device"], r["impl"], r["dtype"]))
     if ceil_rows:
@@ -319,6 +320,8 @@ def render_markdown(rows, machine_info, title="") -> str:
                    ("median", lambda r: fmt_time(r["median"])), ("rounds", lambda r: str(r["rounds"])),
                    ("achieved", fmt_rate), ("of ceiling", lambda r: _pct(r["fraction"])),
                    ("floor", lambda r: fmt_time(r["floor"]))]
+        if any(r.get("host_time") for r in crow):
+            columns.append(("host time to queue", lambda r: fmt_time(r.get("host_time"))))
         optional = [("fused speedup", "fused_speedup"), ("CuPy/NumPy speedup", "gpu_speedup"),
                     ("gpunet/PyTorch eager", "vs_torch-eager"), ("gpunet/torch.compile", "vs_torch-compile")]
         for label, key in optional:
