@@ -17,17 +17,19 @@ None of them reads anything back from the device.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
     "KERNEL_TOPICS", "kernel_dir", "kernel_sources", "kernel_names", "get_kernel", "compile_sources",
     "bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "column_sums", "sumsq",
-    "sgd_update", "grid_1d", "column_sums_chunks", "reduction_grid",
+    "sgd_update", "grid_1d", "column_sums_chunks", "reduction_grid", "row_layout", "RowLayout",
 ]
 
 KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "reduce", "optim")
@@ -74,15 +76,12 @@ def _source(topic: str) -> str:
     return sources[topic].read_text(encoding="utf-8")
 
 
+_ENTRY_POINT = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s+)?(\w+)\s*\(')
+
+
 def kernel_names(source: str) -> list[str]:
     """Names of the ``extern "C" __global__`` entry points declared in a source text."""
-    names = []
-    marker = '__global__ void '
-    for line in source.splitlines():
-        line = line.strip()
-        if line.startswith('extern "C"') and marker in line:
-            names.append(line.split(marker, 1)[1].split("(", 1)[0].strip())
-    return names
+    return _ENTRY_POINT.findall(source)
 
 
 # ---- loading (lazily, once per process and device) ----------------------------------------
@@ -211,9 +210,10 @@ def _check(name, arr, dtype=None, ndim=None):
         raise ValueError(f"{name} must be C-contiguous")
 
 
-def grid_1d(size: int, cap: int = MAX_GRID_1D) -> int:
-    """Blocks of BLOCK threads for ``size`` elements, at most ``cap`` (grid-stride does the rest)."""
-    return max(1, min(cap, -(-size // BLOCK)))
+def grid_1d(size: int, cap: int | None = None) -> int:
+    """Blocks of BLOCK threads for ``size`` elements, at most ``cap`` (default MAX_GRID_1D);
+    the kernels' grid-stride loops do the rest."""
+    return max(1, min(MAX_GRID_1D if cap is None else cap, -(-size // BLOCK)))
 
 
 def reduction_grid(size: int) -> int:
@@ -233,13 +233,61 @@ def column_sums_chunks(rows: int, cols: int) -> tuple[int, int]:
     return chunks, rows_per_chunk
 
 
-def _row_layout(rows: int, cols: int) -> tuple[int, int, int]:
-    """(warp_per_row, block, grid) for the row kernels of softmax_xent.cu."""
+class RowLayout(NamedTuple):
+    """How a row kernel of softmax_xent.cu is launched (see ``row_layout``)."""
+    kernel: str        # "warp" (one warp per row) or "block" (one block per row)
+    block: int         # threads per block
+    grid: int          # blocks (capped; the kernels grid-stride over rows)
+    mode: int          # warp: register slots per lane; block: 1 = keep the row in shared memory
+    shared_mem: int    # dynamic shared memory bytes per block
+
+
+_smem_optin: dict = {}
+
+
+def _max_dynamic_smem() -> int:
+    """Bytes of dynamic shared memory a block may opt into on the current device (static
+    shared memory of the row kernels, 512 bytes at most, kept aside)."""
+    import cupy
+    dev = cupy.cuda.runtime.getDevice()
+    if dev not in _smem_optin:
+        props = cupy.cuda.runtime.getDeviceProperties(dev)
+        _smem_optin[dev] = int(props.get("sharedMemPerBlockOptin", props.get("sharedMemPerBlock", 49152))) - 1024
+    return _smem_optin[dev]
+
+
+def row_layout(rows: int, cols: int, itemsize: int, max_smem: int | None = None) -> RowLayout:
+    """Launch layout of the row kernels for logits (rows, cols) of ``itemsize`` bytes.
+
+    Rows up to WARP_ROW_MAX_COLS wide: one warp each, 8 per block, the row kept in 1, 4 or 32
+    registers per lane. Longer rows: one block each (256/512/1024 threads as the row grows),
+    the row kept in dynamic shared memory when it fits (``max_smem`` bytes, the device's
+    opt-in limit by default), else read a second time (mostly from L2).
+    """
     if cols <= WARP_ROW_MAX_COLS:
+        slots = 1 if cols <= 32 else 4 if cols <= 128 else 32
         rows_per_block = BLOCK // 32
-        return 1, BLOCK, max(1, min(MAX_GRID_ROWS, -(-rows // rows_per_block)))
-    block = 256 if cols <= 4096 else 512
-    return 0, block, max(1, min(MAX_GRID_ROWS, rows))
+        return RowLayout("warp", BLOCK, max(1, min(MAX_GRID_ROWS, -(-rows // rows_per_block))), slots, 0)
+    block = 256 if cols <= 4096 else 512 if cols <= 16384 else 1024
+    row_bytes = cols * itemsize
+    if max_smem is None:
+        max_smem = _max_dynamic_smem()
+    keep = row_bytes <= max_smem
+    return RowLayout("block", block, max(1, min(MAX_GRID_ROWS, rows)), int(keep), row_bytes if keep else 0)
+
+
+_smem_granted: dict = {}
+
+
+def _launch_rows(topic: str, name: str, layout: RowLayout, args):
+    fn = get_kernel(topic, name)
+    if layout.shared_mem > 48 * 1024:   # past the default limit a kernel must opt in
+        import cupy
+        key = (name, cupy.cuda.runtime.getDevice())
+        if _smem_granted.get(key, 0) < layout.shared_mem:
+            fn.max_dynamic_shared_size_bytes = layout.shared_mem
+            _smem_granted[key] = layout.shared_mem
+    fn((layout.grid,), (layout.block,), args, shared_mem=layout.shared_mem)
 
 
 def _scalar(dtype, value):
@@ -305,10 +353,9 @@ def softmax_xent(logits, labels, grad, row_loss, loss_out):
                          f"grad {grad.shape}, row_loss {row_loss.shape}")
     if rows == 0 or cols == 0:
         raise ValueError("softmax_xent needs at least one row and one column")
-    warp_per_row, block, grid = _row_layout(rows, cols)
-    fn = get_kernel("softmax_xent", f"softmax_xent_{_suffix(logits.dtype)}")
-    fn((grid,), (block,), (logits, labels, np.int64(rows), np.int64(cols), np.int32(warp_per_row),
-                           grad, row_loss))
+    layout = row_layout(rows, cols, logits.dtype.itemsize)
+    _launch_rows("softmax_xent", f"softmax_xent_{layout.kernel}_{_suffix(logits.dtype)}", layout,
+                 (logits, labels, np.int64(rows), np.int64(cols), np.int32(layout.mode), grad, row_loss))
     return _sum_to_scalar(row_loss, rows, float(rows), loss_out)
 
 
@@ -321,9 +368,9 @@ def softmax(z, out):
     rows, cols = z.shape
     if z.size == 0:
         return out
-    warp_per_row, block, grid = _row_layout(rows, cols)
-    fn = get_kernel("softmax_xent", f"softmax_{_suffix(z.dtype)}")
-    fn((grid,), (block,), (z, np.int64(rows), np.int64(cols), np.int32(warp_per_row), out))
+    layout = row_layout(rows, cols, z.dtype.itemsize)
+    _launch_rows("softmax_xent", f"softmax_{layout.kernel}_{_suffix(z.dtype)}", layout,
+                 (z, np.int64(rows), np.int64(cols), np.int32(layout.mode), out))
     return out
 
 
@@ -356,8 +403,8 @@ def mse_grad(a, targets, kind: int, p0: float, p1: float, grad, block_sums, loss
 
 
 def column_sums(x, out, partial=None):
-    """Column sums of x (N, n) into out (n,), deterministic. ``partial`` float64 scratch of
-    at least ``chunks * n`` entries (``column_sums_chunks``) when there is more than one chunk."""
+    """Column sums of x (N, n) into out (n,), deterministic. ``partial``: float64 scratch of
+    at least ``chunks * n`` entries (``column_sums_chunks``); may be None with one chunk."""
     _check("x", x, ndim=2)
     _check("out", out, dtype=x.dtype, ndim=1)
     rows, cols = x.shape
@@ -370,19 +417,18 @@ def column_sums(x, out, partial=None):
         return out
     chunks, rows_per_chunk = column_sums_chunks(rows, cols)
     suffix = _suffix(x.dtype)
-    if chunks > 1:
-        if partial is None:
+    if partial is None:
+        if chunks > 1:
             raise ValueError(f"column_sums over {chunks} row chunks needs a partial buffer")
-        _check("partial", partial, dtype=np.float64, ndim=1)
-        if partial.shape[0] < chunks * cols:
-            raise ValueError(f"partial needs {chunks * cols} entries, has {partial.shape[0]}")
-        partial_arg = partial
-    else:
-        partial_arg = out  # not written with one chunk; any device pointer will do
+        import cupy
+        partial = cupy.empty(1, dtype=np.float64)   # not written with one chunk
+    _check("partial", partial, dtype=np.float64, ndim=1)
+    if chunks > 1 and partial.shape[0] < chunks * cols:
+        raise ValueError(f"partial needs {chunks * cols} entries, has {partial.shape[0]}")
     tiles = min(-(-cols // 32), 65535)
     fn = get_kernel("reduce", f"column_sums_{suffix}")
     fn((tiles, chunks), (32, 8), (x, np.int64(rows), np.int64(cols), np.int64(rows_per_chunk),
-                                  partial_arg, out))
+                                  partial, out))
     if chunks > 1:
         finish = get_kernel("reduce", f"column_sums_finish_{suffix}")
         finish((grid_1d(cols),), (BLOCK,), (partial, np.int64(chunks), np.int64(cols), out))

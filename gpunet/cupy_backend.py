@@ -54,9 +54,13 @@ def _host_number(value) -> bool:
     return isinstance(value, (int, float, np.number))
 
 
+def _data_ptr(a) -> int:
+    return a.data.ptr
+
+
 def _same_or_disjoint(a, b) -> bool:
     """True when a and b are the very same buffer (aliasing a kernel allows) or do not overlap."""
-    if a.data.ptr == b.data.ptr and a.shape == b.shape and a.strides == b.strides:
+    if _data_ptr(a) == _data_ptr(b) and a.shape == b.shape and a.strides == b.strides:
         return True
     return not cupy.may_share_memory(a, b)
 
@@ -152,7 +156,7 @@ class CupyBackend(NumpyBackend):
         elif not _fusable(delta, out) or out.shape != (cols,) or cupy.may_share_memory(out, delta):
             return super().bias_grad(delta, out=out)
         chunks, _ = cuda.column_sums_chunks(*delta.shape)
-        partial = self._scratch("column_sums", chunks * cols) if chunks > 1 else None
+        partial = self._scratch("column_sums", max(1, chunks * cols))   # unused with one chunk
         return cuda.column_sums(delta, out, partial)
 
     # ---- losses at the output -----------------------------------------------------

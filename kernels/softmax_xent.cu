@@ -1,14 +1,16 @@
 // Row-wise softmax, and softmax fused with the cross-entropy loss and its gradient.
 //
 // Each row of logits z (rows, cols) is handled by one "row group": a warp when the row is
-// short (cols <= 1024, 8 rows per 256-thread block), a whole block when it is long. A group
-// reads its row once, keeping an online running max m and sum s = sum exp(z - m) per thread
-// (rescaled when m grows), merges those pairs across the group in a fixed tree order
-// (shuffles, then shared memory in warp order), and then makes a second pass over the row,
-// which is served from L1/L2, to write the outputs. No atomics: every result is bitwise
-// reproducible for a given shape and launch configuration.
+// short (cols <= 1024, 8 rows per 256-thread block: the *_warp kernels), a whole block when
+// it is long (the *_block kernels). A group reads its row once from memory, keeping each
+// thread's share of it (registers for a warp, dynamic shared memory for a block), with an
+// online running max m and sum s = sum exp(z - m) per thread (rescaled when m grows),
+// merges those pairs across the group in a fixed tree order (shuffles, then shared memory
+// in warp order), and writes the outputs from the kept copy. A row too long for shared
+// memory is read a second time instead, mostly from L2. No atomics: every result is
+// bitwise reproducible for a given shape and launch configuration.
 //
-// The launcher picks the variant (warp_per_row = 1 or 0), block size and grid; grids are
+// The launcher (gpunet/cuda.py) picks kernel, block size, `cached` and grid; grids are
 // capped and the kernels grid-stride over rows.
 
 // ---- scalar helpers ------------------------------------------------------------------------
@@ -120,13 +122,65 @@ __device__ __forceinline__ RowGroup row_group() {
     return g;
 }
 
-template <typename T, bool WARP_PER_ROW>
-__device__ __forceinline__ RowStats<T> row_stats(const T* z, long long cols, const RowGroup& g) {
-    RowStats<T> st;
-    st.max = neg_inf<T>();
-    st.sum = T(0);
-    for (long long j = g.lane; j < cols; j += g.width) stats_push(st, z[j]);
-    return group_merge<T, WARP_PER_ROW>(st);
+// A thread's share of one row, columns lane, lane + width, ..., read from memory once:
+// SLOTS > 0: kept in SLOTS registers (warp groups, 32 * SLOTS >= cols);
+// SLOTS == 0: kept in the block's dynamic shared memory when `cache` is set, else read
+// again in the second pass. Each thread reads back only what it wrote, so the kept copy
+// needs no barrier.
+template <typename T, bool WARP_PER_ROW, int SLOTS>
+struct RowShare {
+    T v[SLOTS > 0 ? SLOTS : 1];
+    T* cache;
+
+    // Read the share (keeping it) and return the stats of the whole row.
+    __device__ __forceinline__ RowStats<T> load(const T* z, long long cols, const RowGroup& g) {
+        RowStats<T> st;
+        st.max = neg_inf<T>();
+        st.sum = T(0);
+        if (SLOTS > 0) {
+            // all loads first, so that they are in flight together; padding -inf adds nothing
+#pragma unroll
+            for (int k = 0; k < SLOTS; ++k) {
+                const long long j = g.lane + (long long)k * g.width;
+                v[k] = j < cols ? z[j] : neg_inf<T>();
+            }
+#pragma unroll
+            for (int k = 0; k < SLOTS; ++k) stats_push(st, v[k]);
+        } else if (cache != nullptr) {
+#pragma unroll 4
+            for (long long j = g.lane; j < cols; j += g.width) {
+                const T x = z[j];
+                cache[j] = x;
+                stats_push(st, x);
+            }
+        } else {
+            for (long long j = g.lane; j < cols; j += g.width) stats_push(st, z[j]);
+        }
+        return group_merge<T, WARP_PER_ROW>(st);
+    }
+
+    // emit(j, z[j]) for each column j of the share, from the kept copy when there is one.
+    template <typename Emit>
+    __device__ __forceinline__ void for_each(const T* z, long long cols, const RowGroup& g, Emit emit) const {
+        if (SLOTS > 0) {
+#pragma unroll
+            for (int k = 0; k < SLOTS; ++k) {
+                const long long j = g.lane + (long long)k * g.width;
+                if (j < cols) emit(j, v[k]);
+            }
+        } else if (cache != nullptr) {
+            for (long long j = g.lane; j < cols; j += g.width) emit(j, cache[j]);
+        } else {
+            for (long long j = g.lane; j < cols; j += g.width) emit(j, z[j]);
+        }
+    }
+};
+
+// The block's dynamic shared memory as a row cache of T (null when the launch gave none).
+template <typename T>
+__device__ __forceinline__ T* shared_row_cache(int use_cache) {
+    extern __shared__ double gn_dynamic_smem[];  // double: aligned for either type
+    return use_cache ? reinterpret_cast<T*>(gn_dynamic_smem) : nullptr;
 }
 
 // ---- fused softmax + cross-entropy + gradient ---------------------------------------------
@@ -135,78 +189,110 @@ __device__ __forceinline__ RowStats<T> row_stats(const T* z, long long cols, con
 //   grad[n, j]  = (exp((z_nj - m) - log sum exp) - [j == y]) / rows
 // Matches NumpyBackend.softmax_xent (the mean loss is reduced afterwards by
 // reduce.cu:sum_to_scalar in a fixed order). grad may alias logits: a row is read in full
-// before the group's merge, and in the second pass each element is read by the thread that
-// then writes it. A label outside [0, cols) gives a NaN row loss (so the step is flagged
-// non-finite on the device) instead of a read out of bounds.
-// Launch: warp_per_row: block 256 (8 rows per block); else one block (256..1024 threads,
-// a multiple of 32) per row; grid-stride over rows.
-template <typename T, bool WARP_PER_ROW>
+// before the group's merge, and afterwards each element is written by the thread that read
+// it. A label outside [0, cols) gives a NaN row loss (so the step is flagged non-finite on
+// the device) instead of a read out of bounds.
+// Launch: softmax_xent_warp_*: block 256 (8 rows per block), `slots` in {1, 4, 32} with
+// 32 * slots >= cols (cols <= 1024). softmax_xent_block_*: one block (256, 512 or 1024
+// threads) per row; with use_cache, dynamic shared memory of cols * sizeof(T) bytes.
+// Grids are capped; both grid-stride over rows.
+template <typename T, bool WARP_PER_ROW, int SLOTS>
 __device__ void softmax_xent_rows(const T* logits, const long long* labels, long long rows,
-                                  long long cols, T* grad, double* row_loss) {
+                                  long long cols, T* cache, T* grad, double* row_loss) {
     const RowGroup g = row_group<WARP_PER_ROW>();
     const T n_rows = T(rows);
     for (long long row = g.first_row; row < rows; row += g.row_step) {
         const T* z = logits + row * cols;
         T* out = grad + row * cols;
-        const RowStats<T> st = row_stats<T, WARP_PER_ROW>(z, cols, g);
+        RowShare<T, WARP_PER_ROW, SLOTS> share;
+        share.cache = cache;
+        const RowStats<T> st = share.load(z, cols, g);
         const T log_sum = gn_log(st.sum);
         const long long y = labels[row];
-        for (long long j = g.lane; j < cols; j += g.width) {
-            const T shifted = z[j] - st.max;
+        share.for_each(z, cols, g, [&](long long j, T x) {
+            const T shifted = x - st.max;
             T p = gn_exp(shifted - log_sum);
             if (j == y) {
                 row_loss[row] = (double)(log_sum - shifted);
                 p -= T(1);
             }
             out[j] = p / n_rows;
-        }
+        });
         if (g.lane == 0 && (y < 0 || y >= cols)) row_loss[row] = nan_f64();
     }
 }
 
 template <typename T>
-__device__ void softmax_xent(const T* logits, const long long* labels, long long rows, long long cols,
-                             int warp_per_row, T* grad, double* row_loss) {
-    if (warp_per_row) softmax_xent_rows<T, true>(logits, labels, rows, cols, grad, row_loss);
-    else softmax_xent_rows<T, false>(logits, labels, rows, cols, grad, row_loss);
+__device__ void softmax_xent_warp(const T* logits, const long long* labels, long long rows, long long cols,
+                                  int slots, T* grad, double* row_loss) {
+    switch (slots) {
+        case 1: softmax_xent_rows<T, true, 1>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        case 4: softmax_xent_rows<T, true, 4>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        default: softmax_xent_rows<T, true, 32>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+    }
 }
 
-extern "C" __global__ void softmax_xent_f32(const float* logits, const long long* labels, long long rows,
-                                            long long cols, int warp_per_row, float* grad,
-                                            double* row_loss) {
-    softmax_xent<float>(logits, labels, rows, cols, warp_per_row, grad, row_loss);
+extern "C" __global__ void __launch_bounds__(256) softmax_xent_warp_f32(
+        const float* logits, const long long* labels, long long rows, long long cols, int slots, float* grad,
+        double* row_loss) {
+    softmax_xent_warp<float>(logits, labels, rows, cols, slots, grad, row_loss);
 }
-extern "C" __global__ void softmax_xent_f64(const double* logits, const long long* labels, long long rows,
-                                            long long cols, int warp_per_row, double* grad,
-                                            double* row_loss) {
-    softmax_xent<double>(logits, labels, rows, cols, warp_per_row, grad, row_loss);
+extern "C" __global__ void __launch_bounds__(256) softmax_xent_warp_f64(
+        const double* logits, const long long* labels, long long rows, long long cols, int slots, double* grad,
+        double* row_loss) {
+    softmax_xent_warp<double>(logits, labels, rows, cols, slots, grad, row_loss);
+}
+extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f32(
+        const float* logits, const long long* labels, long long rows, long long cols, int use_cache, float* grad,
+        double* row_loss) {
+    softmax_xent_rows<float, false, 0>(logits, labels, rows, cols, shared_row_cache<float>(use_cache), grad,
+                                       row_loss);
+}
+extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f64(
+        const double* logits, const long long* labels, long long rows, long long cols, int use_cache, double* grad,
+        double* row_loss) {
+    softmax_xent_rows<double, false, 0>(logits, labels, rows, cols, shared_row_cache<double>(use_cache), grad,
+                                        row_loss);
 }
 
 // ---- row-wise softmax (inference) ----------------------------------------------------------
 // out[n, j] = exp(z_nj - m_n) / sum_k exp(z_nk - m_n).   Matches NumpyBackend.softmax.
-// out may alias z. Launch as softmax_xent.
-template <typename T, bool WARP_PER_ROW>
-__device__ void softmax_rows(const T* z_all, long long rows, long long cols, T* out_all) {
+// out may alias z. Launch as softmax_xent (softmax_warp_* / softmax_block_*).
+template <typename T, bool WARP_PER_ROW, int SLOTS>
+__device__ void softmax_rows(const T* z_all, long long rows, long long cols, T* cache, T* out_all) {
     const RowGroup g = row_group<WARP_PER_ROW>();
     for (long long row = g.first_row; row < rows; row += g.row_step) {
         const T* z = z_all + row * cols;
         T* out = out_all + row * cols;
-        const RowStats<T> st = row_stats<T, WARP_PER_ROW>(z, cols, g);
-        for (long long j = g.lane; j < cols; j += g.width) out[j] = gn_exp(z[j] - st.max) / st.sum;
+        RowShare<T, WARP_PER_ROW, SLOTS> share;
+        share.cache = cache;
+        const RowStats<T> st = share.load(z, cols, g);
+        share.for_each(z, cols, g, [&](long long j, T x) { out[j] = gn_exp(x - st.max) / st.sum; });
     }
 }
 
 template <typename T>
-__device__ void softmax(const T* z, long long rows, long long cols, int warp_per_row, T* out) {
-    if (warp_per_row) softmax_rows<T, true>(z, rows, cols, out);
-    else softmax_rows<T, false>(z, rows, cols, out);
+__device__ void softmax_warp(const T* z, long long rows, long long cols, int slots, T* out) {
+    switch (slots) {
+        case 1: softmax_rows<T, true, 1>(z, rows, cols, nullptr, out); break;
+        case 4: softmax_rows<T, true, 4>(z, rows, cols, nullptr, out); break;
+        default: softmax_rows<T, true, 32>(z, rows, cols, nullptr, out); break;
+    }
 }
 
-extern "C" __global__ void softmax_f32(const float* z, long long rows, long long cols, int warp_per_row,
-                                       float* out) {
-    softmax<float>(z, rows, cols, warp_per_row, out);
+extern "C" __global__ void __launch_bounds__(256) softmax_warp_f32(
+        const float* z, long long rows, long long cols, int slots, float* out) {
+    softmax_warp<float>(z, rows, cols, slots, out);
 }
-extern "C" __global__ void softmax_f64(const double* z, long long rows, long long cols, int warp_per_row,
-                                       double* out) {
-    softmax<double>(z, rows, cols, warp_per_row, out);
+extern "C" __global__ void __launch_bounds__(256) softmax_warp_f64(
+        const double* z, long long rows, long long cols, int slots, double* out) {
+    softmax_warp<double>(z, rows, cols, slots, out);
+}
+extern "C" __global__ void __launch_bounds__(1024) softmax_block_f32(
+        const float* z, long long rows, long long cols, int use_cache, float* out) {
+    softmax_rows<float, false, 0>(z, rows, cols, shared_row_cache<float>(use_cache), out);
+}
+extern "C" __global__ void __launch_bounds__(1024) softmax_block_f64(
+        const double* z, long long rows, long long cols, int use_cache, double* out) {
+    softmax_rows<double, false, 0>(z, rows, cols, shared_row_cache<double>(use_cache), out);
 }

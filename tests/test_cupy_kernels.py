@@ -277,6 +277,24 @@ def test_softmax_xent_is_deterministic(gpu, dtype, rng):
         assert_bitwise(g1, g2)
 
 
+@pytest.mark.parametrize("cols", [1025, 5000, 20000])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_rows_without_the_shared_memory_copy_agree_bitwise(gpu, monkeypatch, cols, dtype, rng):
+    """Rows too long for shared memory are read twice instead of kept: same arithmetic, same bits."""
+    z = cupy.asarray(draw(rng, (37, cols), dtype, scale=4.0))
+    labels = cupy.asarray(rng.integers(0, cols, size=37))
+    kept = cupy.empty(z.shape, dtype=dtype)
+    loss_kept = gpu.softmax_xent(z, labels, kept)
+    probs_kept = gpu.softmax(z)
+    assert cuda.row_layout(37, cols, np.dtype(dtype).itemsize).mode == 1
+    monkeypatch.setattr(cuda, "_max_dynamic_smem", lambda: 0)
+    assert cuda.row_layout(37, cols, np.dtype(dtype).itemsize).mode == 0
+    reread = cupy.empty(z.shape, dtype=dtype)
+    assert_bitwise(gpu.softmax_xent(z, labels, reread), loss_kept)
+    assert_bitwise(reread, kept)
+    assert_bitwise(gpu.softmax(z), probs_kept)
+
+
 def test_softmax_xent_takes_other_integer_labels(gpu, rng):
     z = cupy.asarray(draw(rng, (11, 7), np.float32))
     labels = rng.integers(0, 7, size=11)

@@ -103,3 +103,29 @@ def test_compile_without_any_compiler_says_so(monkeypatch):
     monkeypatch.setattr(cuda, "nvcc_path", lambda: None)
     with pytest.raises(RuntimeError, match="neither NVRTC"):
         cuda.compile_sources("auto")
+
+
+def test_row_layouts():
+    """Which row kernel, block and kept copy each width gets (pure Python, no GPU)."""
+    smem = 227 * 1024 - 1024                      # an H100's opt-in shared memory per block
+    assert cuda.row_layout(10, 3, 4, smem) == cuda.RowLayout("warp", 256, 2, 1, 0)
+    assert cuda.row_layout(10, 100, 8, smem).mode == 4
+    assert cuda.row_layout(10, 1024, 4, smem).mode == 32
+    wide = cuda.row_layout(8192, 32768, 4, smem)     # the benchmark case: kept in shared memory
+    assert (wide.kernel, wide.block, wide.mode, wide.shared_mem) == ("block", 1024, 1, 131072)
+    assert wide.grid == cuda.MAX_GRID_ROWS
+    assert cuda.row_layout(4, 32768, 8, smem).mode == 0   # 256 KiB does not fit: read twice
+    assert cuda.row_layout(4, 2000, 4, smem).block == 256
+    for cols in (1, 31, 32, 33, 1024, 1025, 4097, 16385, 40000):
+        layout = cuda.row_layout(3, cols, 4, smem)
+        if layout.kernel == "warp":
+            assert 32 * layout.mode >= cols
+        assert layout.block % 32 == 0 and layout.block <= 1024
+
+
+def test_reduction_layouts_depend_on_the_shape_only():
+    assert cuda.reduction_grid(1) == 1
+    assert cuda.reduction_grid(10**9) == cuda.MAX_REDUCTION_BLOCKS
+    for rows, cols in [(1, 1), (7, 3), (4096, 4096), (70001, 3), (256, 200), (2, 10**6)]:
+        chunks, per_chunk = cuda.column_sums_chunks(rows, cols)
+        assert 1 <= chunks <= 65535 and chunks * per_chunk >= rows and (chunks - 1) * per_chunk < rows
