@@ -58,9 +58,16 @@ def kernel_dir() -> Path:
     # the wheel puts them beside this module; gpunet.kernels has no __init__.py, and for such a
     # namespace package importlib.resources.files() gives a MultiplexedPath, not a folder
     path = Path(__file__).resolve().parent / "kernels"
-    if not path.is_dir() or not any(path.glob("*.cu")):
-        raise FileNotFoundError(f"gpunet's CUDA sources are missing: no .cu file in {checkout} or {path}")
-    return path
+    if path.is_dir() and any(path.glob("*.cu")):
+        return path
+    try:  # the package data wherever else gpunet.kernels is importable from
+        import importlib.resources
+        for entry in importlib.resources.files("gpunet.kernels").iterdir():
+            if entry.name.endswith(".cu") and Path(str(entry)).is_file():
+                return Path(str(entry)).parent
+    except (ImportError, TypeError, ValueError, OSError):
+        pass
+    raise FileNotFoundError(f"gpunet's CUDA sources are missing: no .cu file in {checkout} or {path}")
 
 
 def kernel_sources() -> dict[str, Path]:
