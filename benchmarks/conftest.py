@@ -119,10 +119,11 @@ def measure(benchmark, request):
     min_rounds = int(config.getoption("benchmark_min_rounds"))
     max_rounds = _QUICK_MAX_ROUNDS if quick else _FULL_MAX_ROUNDS
 
-    def run(fn, *, sync, setup=None, partners=()):
+    def run(fn, *, sync, setup=None, partners=(), least_rounds=None):
         """``partners``: (name, fn, sync) triples, each timed in the untimed slot before every
         round of ``fn``, so ``fn`` and its peers alternate A B A B on the same machine state;
-        the median of the per-round ratios goes to ``extra_info["paired"]``."""
+        the median of the per-round ratios goes to ``extra_info["paired"]``. ``least_rounds``
+        raises the minimum (a ceiling is a fastest round: it needs many to find one)."""
         def timed():
             result = fn()
             sync()
@@ -157,7 +158,8 @@ def measure(benchmark, request):
             if samples[-1] > max_time / 4:
                 break
         estimate = max(statistics.median(samples), 1e-7)
-        rounds = int(min(max((1 + len(partners)) * max_time / estimate, min_rounds), max_rounds))
+        rounds = int(min(max((1 + len(partners)) * max_time / estimate, min_rounds, least_rounds or 0),
+                         max_rounds))
         for times in partner_times.values():
             times.clear()
         result = benchmark.pedantic(timed, setup=prepare, rounds=rounds, iterations=1)
@@ -210,7 +212,8 @@ def machine_facts() -> dict:
         pass
     try:
         from threadpoolctl import threadpool_info
-        facts["threadpools"] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+        facts["threadpools"] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
+                                                     "filepath")}
                                 for p in threadpool_info()]
     except Exception:
         pass

@@ -230,6 +230,7 @@ def _ratios(rows):
             other = by_key.get(_key(row, impl="unfused"))
             if paired:      # alternating rounds: fused/unfused per round, inverted
                 row["fused_speedup"] = 1.0 / paired["ratio"]
+                row["same_rounds_unfused"] = paired["median"]
             elif other:
                 row["fused_speedup"] = other["median"] / row["median"]
         if row["backend"] == "cupy":
@@ -241,6 +242,7 @@ def _ratios(rows):
             for peer in _PEERS:
                 if peer in paired:      # alternating rounds: the ratio the run measured directly
                     row[f"vs_{peer}"] = paired[peer]["ratio"]
+                    row[f"same_rounds_{peer}"] = paired[peer]["median"]
                 else:
                     other = by_key.get(_key(row, impl=peer, backend="torch"))
                     if other:
@@ -271,6 +273,17 @@ def _x(x):
     return "" if x is None else f"{x:.2f}"
 
 
+def _ratio_cell(row, key):
+    """The ratio, and the other side's median in the same alternating rounds when paired."""
+    if key not in row:
+        return ""
+    other = {"fused_speedup": "same_rounds_unfused", "vs_torch-eager": "same_rounds_torch-eager",
+             "vs_torch-compile": "same_rounds_torch-compile"}.get(key)
+    if other and other in row:
+        return f"{row[key]:.2f} (vs {fmt_time(row[other])})"
+    return _x(row[key])
+
+
 def _backend_label(row):
     return f"torch {row['device']}" if row["backend"] == "torch" else row["backend"]
 
@@ -298,8 +311,9 @@ def render_markdown(rows, machine_info, title="") -> str:
                "an op whose arrays fit in cache can pass it (over 100%). gpunet/PyTorch is gpunet's time over the peer's "
                "(below 1: gpunet is faster). The peer's ratio and the fused speedup are medians of "
                "per-round ratios from rounds that alternate the two (A B A B), so they compare the "
-               "same moments of a shared machine; the rows of the peer and of the unfused op are "
-               "their own, separate measurements. On a GPU, *host time to queue* is how long the "
+               "same moments of a shared machine; in brackets, the other side's median in those "
+               "rounds. The rows of the peer and of the unfused op are their own, separate runs, "
+               "taken at other moments. On a GPU, *host time to queue* is how long the "
                "host takes to launch one call: near the median, launch overhead bounds the case.")
     out.append("")
     ceil_rows = sorted((r for r in rows if r["case"] == "ceiling"), key=lambda r: (r["device"], r["impl"], r["dtype"]))
@@ -326,7 +340,7 @@ def render_markdown(rows, machine_info, title="") -> str:
                     ("gpunet/PyTorch eager", "vs_torch-eager"), ("gpunet/torch.compile", "vs_torch-compile")]
         for label, key in optional:
             if any(key in r for r in crow):
-                columns.append((label, lambda r, key=key: _x(r.get(key))))
+                columns.append((label, lambda r, key=key: _ratio_cell(r, key)))
         out.append(f"### {case}: {CASES.get(case, '')}".rstrip(": "))
         out.append("")
         out.append(_table([c for c, _ in columns], [[f(r) for _, f in columns] for r in crow]))
@@ -350,8 +364,10 @@ def _machine_line(machine_info) -> str:
     blas = f.get("blas") or {}
     parts.append(f"Python {f.get('python')}, NumPy {f.get('numpy')} ({blas.get('name', '?')} {blas.get('version', '')})")
     pools = [p for p in f.get("threadpools") or [] if p.get("internal_api") in ("openblas", "mkl", "blis")]
+    # NumPy's own BLAS (other libraries may load a second one)
+    pools.sort(key=lambda p: "numpy" not in (p.get("filepath") or ""))
     if pools:
-        parts.append(f"BLAS threads {pools[-1].get('num_threads')}")
+        parts.append(f"NumPy BLAS threads {pools[0].get('num_threads')}")
     if f.get("torch"):
         parts.append(f"PyTorch {f['torch']} ({f.get('torch_threads')} threads)")
     else:
@@ -442,10 +458,17 @@ def render_plot(rows, path, title=""):
     for i, impl in enumerate(impls):
         xs, ys = [], []
         for j, g in enumerate(groups):
-            match = [r for r in peer_rows if (r["case"], r["size"], r["shape"], r["device"]) == g and r["impl"] == impl]
-            if match:
+            in_group = [r for r in peer_rows if (r["case"], r["size"], r["shape"], r["device"]) == g]
+            mine = next((r for r in in_group if r["impl"] == "gpunet"), None)
+            own = next((r for r in in_group if r["impl"] == impl), None)
+            rate = None
+            if impl != "gpunet" and mine is not None and f"same_rounds_{impl}" in mine:
+                rate = mine["flops"] / mine[f"same_rounds_{impl}"]   # the peer in gpunet's rounds
+            elif own is not None:
+                rate = own["rate"]
+            if rate is not None:
                 xs.append(j + (i - (len(impls) - 1) / 2) * width)
-                ys.append(match[0]["rate"] / 1e9)
+                ys.append(rate / 1e9)
         if xs:
             ax_peer.bar(xs, ys, width, label=impl if impl != "gpunet" else "gpunet (numpy / cupy)", color=colors[impl])
     for j, g in enumerate(groups):
@@ -463,6 +486,7 @@ def render_plot(rows, path, title=""):
                             fontsize=8)
     ax_peer.set_yscale("log")
     ax_peer.set_ylabel("achieved GFLOP/s (dashed: matmul ceiling)")
+    ax_peer.set_xlabel("peers timed in rounds alternating with gpunet's")
     ax_peer.set_title("gpunet vs PyTorch: train step and digits epoch")
     if groups:
         ax_peer.legend(fontsize=7)
