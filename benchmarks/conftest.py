@@ -100,7 +100,9 @@ def pytest_collection_modifyitems(config, items):
         (kept if ok else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    # the second measurement of each ceiling closes the run (test_bench_ceilings.py)
+    last = [i for i in kept if getattr(getattr(i, "callspec", None), "params", {}).get("moment") == "end"]
+    items[:] = [i for i in kept if i not in last] + last
 
 
 @pytest.fixture(params=BACKENDS)

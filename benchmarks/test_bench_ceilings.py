@@ -1,6 +1,9 @@
 """Ceilings, measured in the same run as everything else: a large square matmul's rate per
 backend and dtype (the compute ceiling) and a large copy's bandwidth (the memory ceiling).
-Every other case is reported as a fraction of one of these."""
+Every other case is reported as a fraction of one of these.
+
+Each runs twice, first and last in the session (conftest moves the "end" ones): on a shared
+machine the load changes during a run, and the report keeps the faster of the two."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +18,12 @@ MATMUL = {"numpy": Size("ceiling", (1024, 1024)), "cupy": Size("ceiling", (8192,
 COPY_BYTES = {"numpy": 128 * 2**20, "cupy": 1024 * 2**20}
 
 
+MOMENTS = ["start", "end"]
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_matmul_ceiling(benchmark, measure, backend, dtype):
+def test_matmul_ceiling(benchmark, measure, backend, dtype, moment):
     xp = backend.xp
     size = MATMUL[backend.name]
     n = size.shape[0]
@@ -34,11 +41,12 @@ def test_matmul_ceiling(benchmark, measure, backend, dtype):
     assert_close(result[:8], a_host[:8].astype(np.float64) @ b_host.astype(np.float64), dtype, "matmul")
     describe(benchmark, case="ceiling", impl="matmul", backend=backend.name,
              device="gpu" if backend.name == "cupy" else "cpu", size=size, dtype=dtype,
-             flops=2 * n**3, bytes=3 * n * n * np.dtype(dtype).itemsize, bound="compute")
+             flops=2 * n**3, bytes=3 * n * n * np.dtype(dtype).itemsize, bound="compute", moment=moment)
     measure(matmul, sync=device_sync(backend.name), least_rounds=20)
 
 
-def test_copy_ceiling(benchmark, measure, backend):
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_copy_ceiling(benchmark, measure, backend, moment):
     xp = backend.xp
     nbytes = COPY_BYTES[backend.name]
     n = nbytes // 4
@@ -53,5 +61,5 @@ def test_copy_ceiling(benchmark, measure, backend):
     assert bool((dst[::4099] == src[::4099]).all()) and bool((dst[-1] == src[-1]))
     describe(benchmark, case="ceiling", impl="copy", backend=backend.name,
              device="gpu" if backend.name == "cupy" else "cpu", size=Size("ceiling", (f"{nbytes // 2**20} MiB",)),
-             dtype="float32", bytes=2 * nbytes, bound="memory")
+             dtype="float32", bytes=2 * nbytes, bound="memory", moment=moment)
     measure(copy, sync=device_sync(backend.name), least_rounds=20)
