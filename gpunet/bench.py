@@ -135,7 +135,7 @@ def run(args) -> int:
     stem = result_stem(data["machine_info"], quick=args.quick)
     json_path = out_dir / f"{stem}.json"
     with open(json_path, "w") as fh:
-        json.dump(data, fh, indent=1)
+        json.dump(data, fh, separators=(",", ":"))   # compact: every round's time is in it
         fh.write("\n")
     raw_json.unlink()
 
