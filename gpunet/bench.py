@@ -105,7 +105,8 @@ def run(args) -> int:
     out_dir = Path(args.out) if args.out else suite / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     raw_json = out_dir / f".run-{os.getpid()}.json"
-    pytest_args = [str(suite), "-q", "-p", "no:cacheprovider", f"--benchmark-json={raw_json}",
+    # no reordering plugin: the second ceilings must close the run
+    pytest_args = [str(suite), "-q", "-p", "no:cacheprovider", "-p", "no:randomly", f"--benchmark-json={raw_json}",
                    "--benchmark-sort=name", "--benchmark-columns=median,iqr,rounds",
                    "--benchmark-group-by=group", f"--gpunet-backend={args.backend}"]
     for tier in args.size or []:
@@ -121,12 +122,18 @@ def run(args) -> int:
     start = time.perf_counter()
     status = pytest.main(pytest_args)
     elapsed = time.perf_counter() - start
-    if not raw_json.is_file():
-        print(f"gpunet bench: the suite wrote no results (pytest exit status {int(status)})", file=sys.stderr)
+    data = None
+    if raw_json.is_file():
+        try:
+            with open(raw_json) as fh:
+                data = json.load(fh)
+        except ValueError:   # pytest-benchmark leaves it empty when no benchmark ran
+            pass
+        raw_json.unlink()
+    if not data or not data.get("benchmarks"):
+        print(f"gpunet bench: no benchmark ran (pytest exit status {int(status)}); "
+              "check the --backend/--size/-k filters", file=sys.stderr)
         return int(status) or 1
-
-    with open(raw_json) as fh:
-        data = json.load(fh)
     data.setdefault("machine_info", {}).setdefault("gpunet", {})
     data["machine_info"]["gpunet"].update(
         bench_options={"quick": args.quick, "backend": args.backend, "size": args.size or "all",
@@ -137,7 +144,6 @@ def run(args) -> int:
     with open(json_path, "w") as fh:
         json.dump(data, fh, separators=(",", ":"))   # compact: every round's time is in it
         fh.write("\n")
-    raw_json.unlink()
 
     rows = load_rows(data)
     markdown = render_markdown(rows, data["machine_info"], title=stem)
