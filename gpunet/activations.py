@@ -90,9 +90,11 @@ class Identity(Activation):
 class Sigmoid(Activation):
     """The scaled logistic ``c / (1 + exp(-beta z))`` (seed 003); c = beta = 1 is the usual sigmoid.
 
-    Computed as ``c * e / (1 + e)`` with ``e = exp(-beta |z|)`` mirrored for z >= 0, so no
-    exponent is ever positive and nothing overflows. Derivative from the output:
-    ``f' = beta * a * (1 - a / c)``.
+    Computed as ``c / (1 + exp(-beta z))`` with ``beta z`` first clipped to +-80 (float32)
+    or +-700 (float64), where the logistic is already 1 to the last bit on one side and
+    below 1e-34 on the other: exp never overflows, and the chain is five plain ufunc
+    passes (no masked selects, which are several times slower in NumPy). Derivative from
+    the output: ``f' = beta * a * (1 - a / c)``.
     """
 
     name, kind = "sigmoid", 1
@@ -106,14 +108,15 @@ class Sigmoid(Activation):
             raise ValueError(f"sigmoid beta must be > 0, got {self.beta}")
 
     def forward(self, xp, z, out=None):
-        bz = z * self.beta if self.beta != 1.0 else z
-        e = xp.exp(-xp.abs(bz))
-        # z >= 0: 1 / (1 + e);  z < 0: e / (1 + e)
-        num = xp.where(bz >= 0, 1.0, e).astype(z.dtype, copy=False)
-        res = xp.divide(num, 1.0 + e, out=out)
+        bound = (80.0 if z.dtype.itemsize <= 4 else 700.0) / self.beta
+        t = xp.clip(z, -bound, bound, out=out)
+        t *= -self.beta
+        xp.exp(t, out=t)
+        t += 1.0
+        xp.reciprocal(t, out=t)
         if self.c != 1.0:
-            res *= self.c
-        return res
+            t *= self.c
+        return t
 
     def derivative_from_output(self, xp, a):
         if self.c == 1.0:

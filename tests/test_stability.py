@@ -105,10 +105,13 @@ def test_sigmoid_never_overflows(sig_name, dtype, big, backend):
         grad = backend.act_backward(backend.asarray(np.ones_like(z)), a, act)
     a, grad = gn.to_numpy(a), gn.to_numpy(grad)
     assert np.isfinite(a).all() and (a >= 0).all() and (a <= act.c).all()
-    assert a[0, 0] == pytest.approx(act.c) and a[0, 1] == 0.0
+    # far below zero the logistic is below every float32 normal scale: the NumPy reference
+    # clips beta*z at -80 (float32) / -700 (float64) and returns ~1e-35 / ~1e-304 there,
+    # the kernels underflow to 0; both are zero to any tolerance a user can see
+    assert a[0, 0] == pytest.approx(act.c) and 0.0 <= a[0, 1] <= 1e-34 * act.c
     assert a[0, 2] == pytest.approx(act.c / 2)
     assert np.isfinite(grad).all() and (grad >= 0).all()
-    assert grad[0, 0] == pytest.approx(0.0, abs=1e-6) and grad[0, 1] == 0.0
+    assert grad[0, 0] == pytest.approx(0.0, abs=1e-6) and grad[0, 1] <= 1e-34
 
 
 @pytest.mark.parametrize("dtype, big", HUGE_CASES)
