@@ -16,6 +16,7 @@ None of them reads anything back from the device.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import numpy as np
 __all__ = [
     "KERNEL_TOPICS", "kernel_dir", "kernel_sources", "kernel_names", "get_kernel", "compile_sources",
     "bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "column_sums", "sumsq",
-    "sgd_update", "grid_1d", "column_sums_chunks", "reduction_grid", "row_layout", "RowLayout",
+    "sgd_update", "adam_update", "rmsprop_update", "grid_1d", "column_sums_chunks", "reduction_grid", "row_layout", "RowLayout",
 ]
 
 KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "reduce", "optim")
@@ -484,4 +485,76 @@ def sgd_update(params, grads, velocity, *, lr, momentum, nesterov, weight_decay,
     fn((grid_1d(params.size),), (BLOCK,),
        (params, grads, velocity, np.int64(params.size), np.int64(n_decay), t(lr), t(momentum),
         t(weight_decay), np.int32(bool(nesterov)), scale, skip))
+    return params
+
+
+def adam_update(params, grads, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, step, weight_decay,
+                decoupled_weight_decay, n_decay, scale, skip):
+    """One Adam/AdamW step over the flat buffer in one launch (see kernels/optim.cu).
+
+    params, grads, exp_avg, exp_avg_sq (P,) of one float dtype; scale a 0-d device array of
+    that dtype; skip a 0-d device bool array; ``step`` the 1-based step count. The bias
+    corrections and the other derived scalars are computed in double here and rounded once
+    to the kernel's type, as the NumPy reference rounds its Python floats.
+    """
+    _check("params", params, ndim=1)
+    for name, arr in (("grads", grads), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        _check(name, arr, dtype=params.dtype, ndim=1)
+        if arr.shape != params.shape:
+            raise ValueError(f"{name} {arr.shape} and params {params.shape} differ in shape")
+    _check("scale", scale, dtype=params.dtype, ndim=0)
+    _check("skip", skip, dtype=np.bool_, ndim=0)
+    if int(step) < 1:
+        raise ValueError(f"step counts from 1, got {step}")
+    if params.size == 0:
+        return params
+    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
+    bias_correction1 = 1.0 - beta1 ** int(step)
+    bias_correction2 = 1.0 - beta2 ** int(step)
+    decoupled = float(decoupled_weight_decay)
+    t = params.dtype.type
+    fn = get_kernel("optim", f"adam_update_{_suffix(params.dtype)}")
+    fn((grid_1d(params.size),), (BLOCK,),
+       (params, grads, exp_avg, exp_avg_sq, np.int64(params.size), np.int64(n_decay), t(lr / bias_correction1),
+        t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(math.sqrt(bias_correction2)), t(eps),
+        t(weight_decay), t(1.0 - lr * decoupled), np.int32(decoupled != 0.0), scale, skip))
+    return params
+
+
+def rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, *, lr, alpha, eps, momentum, centered,
+                   weight_decay, n_decay, scale, skip):
+    """One RMSprop step over the flat buffer in one launch (see kernels/optim.cu).
+
+    params, grads, square_avg (P,) of one float dtype; grad_avg (P,) when ``centered`` and
+    momentum_buf (P,) when ``momentum`` != 0, else None; scale a 0-d device array of the
+    dtype; skip a 0-d device bool array.
+    """
+    _check("params", params, ndim=1)
+    buffers = [("grads", grads), ("square_avg", square_avg)]
+    if centered:
+        if grad_avg is None:
+            raise ValueError("centered=True needs a grad_avg buffer")
+        buffers.append(("grad_avg", grad_avg))
+    else:
+        grad_avg = params   # never touched when not centered
+    if momentum:
+        if momentum_buf is None:
+            raise ValueError("momentum > 0 needs a momentum_buf buffer")
+        buffers.append(("momentum_buf", momentum_buf))
+    else:
+        momentum_buf = params   # never touched when momentum == 0
+    for name, arr in buffers:
+        _check(name, arr, dtype=params.dtype, ndim=1)
+        if arr.shape != params.shape:
+            raise ValueError(f"{name} {arr.shape} and params {params.shape} differ in shape")
+    _check("scale", scale, dtype=params.dtype, ndim=0)
+    _check("skip", skip, dtype=np.bool_, ndim=0)
+    if params.size == 0:
+        return params
+    t = params.dtype.type
+    fn = get_kernel("optim", f"rmsprop_update_{_suffix(params.dtype)}")
+    fn((grid_1d(params.size),), (BLOCK,),
+       (params, grads, square_avg, grad_avg, momentum_buf, np.int64(params.size), np.int64(n_decay), t(lr),
+        t(alpha), t(1.0 - float(alpha)), t(eps), t(momentum), t(weight_decay), np.int32(bool(centered)),
+        scale, skip))
     return params

@@ -2,7 +2,8 @@
 the CUDA kernels of ``kernels/*.cu`` (launched through ``gpunet.cuda``).
 
 ``CupyBackend`` overrides only ``bias_act``, ``act_backward``, ``bias_grad``,
-``softmax_xent``, ``softmax``, ``mse_grad``, ``sumsq`` and ``sgd_update`` (plus the array
+``softmax_xent``, ``softmax``, ``mse_grad``, ``sumsq``, ``sgd_update``, ``adam_update`` and
+``rmsprop_update`` (plus the array
 plumbing and the GEMM precision switch). Anything a kernel does not cover (float16,
 non-contiguous views, softmax outputs under MSE, one-hot or soft targets, a custom
 activation) falls back to ``super()``, i.e. the reference math run by CuPy.
@@ -228,6 +229,64 @@ class CupyBackend(NumpyBackend):
                                nesterov=bool(nesterov), weight_decay=float(weight_decay),
                                n_decay=int(n_decay), scale=scale, skip=skip)
 
+    def _device_scale_and_skip(self, scale, skip, dtype):
+        """(scale, skip) as the 0-d device arrays the optimizer kernels read, or None when
+        ``skip`` is a true host flag (nothing to launch). As in ``sgd_update`` above."""
+        if isinstance(skip, cupy.ndarray):
+            if skip.size != 1:
+                raise ValueError(f"skip must be a single flag, got shape {skip.shape}")
+            skip = skip.reshape(()).astype(np.bool_, copy=False)
+        elif bool(skip):
+            return None
+        else:
+            skip = self._constant(False, np.bool_)
+        if isinstance(scale, cupy.ndarray):
+            if scale.size != 1:
+                raise ValueError(f"scale must be a single factor, got shape {scale.shape}")
+            scale = scale.reshape(()).astype(dtype, copy=False)
+        elif float(scale) == 1.0:
+            scale = self._constant(1.0, dtype)
+        else:
+            scale = cupy.full((), float(scale), dtype=dtype)
+        return scale, skip
+
+    def adam_update(self, params, grads, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, step,
+                    weight_decay, decoupled_weight_decay, n_decay, scale, skip):
+        hyper = (lr, beta1, beta2, eps, step, weight_decay, decoupled_weight_decay, n_decay)
+        if (not _fusable(params, grads, exp_avg, exp_avg_sq) or params.ndim != 1
+                or any(a.shape != params.shape for a in (grads, exp_avg, exp_avg_sq))
+                or not all(_host_number(v) for v in hyper)):
+            return super().adam_update(params, grads, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                                       eps=eps, step=step, weight_decay=weight_decay,
+                                       decoupled_weight_decay=decoupled_weight_decay, n_decay=n_decay,
+                                       scale=scale, skip=skip)
+        flags = self._device_scale_and_skip(scale, skip, params.dtype)
+        if flags is None:
+            return params
+        return cuda.adam_update(params, grads, exp_avg, exp_avg_sq, lr=float(lr), beta1=float(beta1),
+                                beta2=float(beta2), eps=float(eps), step=int(step),
+                                weight_decay=float(weight_decay),
+                                decoupled_weight_decay=float(decoupled_weight_decay), n_decay=int(n_decay),
+                                scale=flags[0], skip=flags[1])
+
+    def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, *, lr, alpha, eps,
+                       momentum, centered, weight_decay, n_decay, scale, skip):
+        arrays = [params, grads, square_avg] + ([grad_avg] if centered else []) \
+            + ([momentum_buf] if momentum else [])
+        hyper = (lr, alpha, eps, momentum, weight_decay, n_decay)
+        if (not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays)
+                or not all(_host_number(v) for v in hyper)):
+            return super().rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, lr=lr, alpha=alpha,
+                                          eps=eps, momentum=momentum, centered=centered,
+                                          weight_decay=weight_decay, n_decay=n_decay, scale=scale, skip=skip)
+        flags = self._device_scale_and_skip(scale, skip, params.dtype)
+        if flags is None:
+            return params
+        return cuda.rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, lr=float(lr),
+                                   alpha=float(alpha), eps=float(eps), momentum=float(momentum),
+                                   centered=bool(centered), weight_decay=float(weight_decay),
+                                   n_decay=int(n_decay), scale=flags[0], skip=flags[1])
+
 
 # ---------------------------------------------------------------------------------
 # quick parity check against the reference (for ``gpunet info``)
@@ -298,4 +357,23 @@ def parity_check(seed: int = 0) -> list[dict]:
                        n_decay=700, scale=cupy.full((), 0.5, dtype=dtype), skip=cupy.zeros((), dtype=bool))
         record("sgd_update params", dtype, p_gpu, p_ref)
         record("sgd_update velocity", dtype, v_gpu, v_ref)
+        m, s = np.abs(rng.normal(size=1001)).astype(dtype), np.abs(rng.normal(size=1001)).astype(dtype)
+        p_ref, m_ref, s_ref = p.copy(), m.copy(), s.copy()
+        ref.adam_update(p_ref, gr, m_ref, s_ref, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, step=3,
+                        weight_decay=1e-3, decoupled_weight_decay=1e-2, n_decay=700, scale=dtype(0.5), skip=False)
+        p_gpu, m_gpu, s_gpu = cupy.asarray(p), cupy.asarray(m), cupy.asarray(s)
+        gpu.adam_update(p_gpu, cupy.asarray(gr), m_gpu, s_gpu, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, step=3,
+                        weight_decay=1e-3, decoupled_weight_decay=1e-2, n_decay=700,
+                        scale=cupy.full((), 0.5, dtype=dtype), skip=cupy.zeros((), dtype=bool))
+        record("adam_update params", dtype, p_gpu, p_ref)
+        record("adam_update exp_avg_sq", dtype, s_gpu, s_ref)
+        p_ref, s_ref, m_ref, v_ref = p.copy(), s.copy(), m.copy(), v.copy()
+        ref.rmsprop_update(p_ref, gr, s_ref, m_ref, v_ref, lr=1e-3, alpha=0.99, eps=1e-8, momentum=0.9,
+                           centered=True, weight_decay=1e-3, n_decay=700, scale=dtype(0.5), skip=False)
+        p_gpu, s_gpu, m_gpu, v_gpu = cupy.asarray(p), cupy.asarray(s), cupy.asarray(m), cupy.asarray(v)
+        gpu.rmsprop_update(p_gpu, cupy.asarray(gr), s_gpu, m_gpu, v_gpu, lr=1e-3, alpha=0.99, eps=1e-8, momentum=0.9,
+                           centered=True, weight_decay=1e-3, n_decay=700, scale=cupy.full((), 0.5, dtype=dtype),
+                           skip=cupy.zeros((), dtype=bool))
+        record("rmsprop_update params", dtype, p_gpu, p_ref)
+        record("rmsprop_update momentum", dtype, v_gpu, v_ref)
     return rows

@@ -21,6 +21,10 @@ __device__ __forceinline__ float rn_sub(float a, float b) { return __fsub_rn(a, 
 __device__ __forceinline__ double rn_sub(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ float rn_mul(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double rn_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float rn_div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double rn_div(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ float rn_sqrt(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ double rn_sqrt(double a) { return __dsqrt_rn(a); }
 
 // ---- SGD with momentum / Nesterov, L2 weight decay and gradient clipping -------------------
 //   g = scale * grad + (i < n_decay ? weight_decay * p : 0)     (the decay term only when
@@ -60,4 +64,113 @@ extern "C" __global__ void sgd_update_f64(double* params, const double* grads, d
                                           long long n_decay, double lr, double momentum, double weight_decay,
                                           int nesterov, const double* scale, const bool* skip) {
     sgd_update<double>(params, grads, velocity, size, n_decay, lr, momentum, weight_decay, nesterov, scale, skip);
+}
+
+// ---- Adam / AdamW (torch.optim.Adam / AdamW) with coupled L2, decoupled decay, clipping ------
+//   g = scale * grad + (i < n_decay ? weight_decay * p : 0)   (when weight_decay != 0)
+//   p = p * decay_factor             for i < n_decay          (AdamW: when decoupled != 0)
+//   m = beta1 * m + (1 - beta1) * g
+//   v = beta2 * v + (1 - beta2) * (g * g)
+//   p = p - (step_size * m) / (sqrt(v) / sqrt_bias_correction2 + eps)
+// The host scalars are the reference's Python floats rounded once to T: step_size =
+// lr / (1 - beta1^t), sqrt_bias_correction2 = sqrt(1 - beta2^t), decay_factor =
+// 1 - lr * decoupled_weight_decay, one_minus_beta1/2 = 1 - beta1/2 (all computed in double).
+// The coupled term reads p before the decoupled shrink. Matches NumpyBackend.adam_update.
+// Launch: 1-D grid-stride over the buffer, block 256.
+template <typename T>
+__device__ void adam_update(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, long long size,
+                            long long n_decay, T step_size, T beta1, T one_minus_beta1, T beta2,
+                            T one_minus_beta2, T sqrt_bias_correction2, T eps, T weight_decay,
+                            T decay_factor, int decoupled, const T* scale, const bool* skip) {
+    if (*skip) return;
+    const T s = *scale;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
+        T p = params[i];
+        T g = rn_mul(grads[i], s);
+        if (weight_decay != T(0) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
+        if (decoupled && i < n_decay) p = rn_mul(p, decay_factor);
+        const T m = rn_add(rn_mul(exp_avg[i], beta1), rn_mul(one_minus_beta1, g));
+        const T v = rn_add(rn_mul(exp_avg_sq[i], beta2), rn_mul(one_minus_beta2, rn_mul(g, g)));
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        const T denom = rn_add(rn_div(rn_sqrt(v), sqrt_bias_correction2), eps);
+        params[i] = rn_sub(p, rn_div(rn_mul(step_size, m), denom));
+    }
+}
+
+extern "C" __global__ void adam_update_f32(float* params, const float* grads, float* exp_avg, float* exp_avg_sq,
+                                           long long size, long long n_decay, float step_size, float beta1,
+                                           float one_minus_beta1, float beta2, float one_minus_beta2,
+                                           float sqrt_bias_correction2, float eps, float weight_decay,
+                                           float decay_factor, int decoupled, const float* scale, const bool* skip) {
+    adam_update<float>(params, grads, exp_avg, exp_avg_sq, size, n_decay, step_size, beta1, one_minus_beta1,
+                       beta2, one_minus_beta2, sqrt_bias_correction2, eps, weight_decay, decay_factor, decoupled,
+                       scale, skip);
+}
+extern "C" __global__ void adam_update_f64(double* params, const double* grads, double* exp_avg, double* exp_avg_sq,
+                                           long long size, long long n_decay, double step_size, double beta1,
+                                           double one_minus_beta1, double beta2, double one_minus_beta2,
+                                           double sqrt_bias_correction2, double eps, double weight_decay,
+                                           double decay_factor, int decoupled, const double* scale, const bool* skip) {
+    adam_update<double>(params, grads, exp_avg, exp_avg_sq, size, n_decay, step_size, beta1, one_minus_beta1,
+                        beta2, one_minus_beta2, sqrt_bias_correction2, eps, weight_decay, decay_factor, decoupled,
+                        scale, skip);
+}
+
+// ---- RMSprop (torch.optim.RMSprop) with centering, momentum, L2 and clipping ------------------
+//   g = scale * grad + (i < n_decay ? weight_decay * p : 0)   (when weight_decay != 0)
+//   s = alpha * s + (1 - alpha) * (g * g)
+//   centered: a = alpha * a + (1 - alpha) * g,  d = sqrt(max(s - a * a, 0)) + eps
+//   else:     d = sqrt(s) + eps
+//   momentum: b = momentum * b + g / d,  p = p - lr * b
+//   else:     p = p - lr * (g / d)
+// one_minus_alpha = 1 - alpha computed in double on the host. The max keeps a NaN (as
+// NumPy's maximum does). grad_avg is not touched unless centered, momentum_buf not unless
+// momentum != 0 (the launcher passes params in their place). Matches
+// NumpyBackend.rmsprop_update. Launch: 1-D grid-stride over the buffer, block 256.
+template <typename T>
+__device__ void rmsprop_update(T* params, const T* grads, T* square_avg, T* grad_avg, T* momentum_buf,
+                               long long size, long long n_decay, T lr, T alpha, T one_minus_alpha, T eps,
+                               T momentum, T weight_decay, int centered, const T* scale, const bool* skip) {
+    if (*skip) return;
+    const T s = *scale;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
+        const T p = params[i];
+        T g = rn_mul(grads[i], s);
+        if (weight_decay != T(0) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
+        const T sq = rn_add(rn_mul(square_avg[i], alpha), rn_mul(one_minus_alpha, rn_mul(g, g)));
+        square_avg[i] = sq;
+        T var = sq;
+        if (centered) {
+            const T a = rn_add(rn_mul(grad_avg[i], alpha), rn_mul(one_minus_alpha, g));
+            grad_avg[i] = a;
+            var = rn_sub(sq, rn_mul(a, a));
+            if (var < T(0)) var = T(0);
+        }
+        const T denom = rn_add(rn_sqrt(var), eps);
+        T step = rn_div(g, denom);
+        if (momentum != T(0)) {
+            step = rn_add(rn_mul(momentum_buf[i], momentum), step);
+            momentum_buf[i] = step;
+        }
+        params[i] = rn_sub(p, rn_mul(lr, step));
+    }
+}
+
+extern "C" __global__ void rmsprop_update_f32(float* params, const float* grads, float* square_avg, float* grad_avg,
+                                              float* momentum_buf, long long size, long long n_decay, float lr,
+                                              float alpha, float one_minus_alpha, float eps, float momentum,
+                                              float weight_decay, int centered, const float* scale, const bool* skip) {
+    rmsprop_update<float>(params, grads, square_avg, grad_avg, momentum_buf, size, n_decay, lr, alpha,
+                          one_minus_alpha, eps, momentum, weight_decay, centered, scale, skip);
+}
+extern "C" __global__ void rmsprop_update_f64(double* params, const double* grads, double* square_avg,
+                                              double* grad_avg, double* momentum_buf, long long size,
+                                              long long n_decay, double lr, double alpha, double one_minus_alpha,
+                                              double eps, double momentum, double weight_decay, int centered,
+                                              const double* scale, const bool* skip) {
+    rmsprop_update<double>(params, grads, square_avg, grad_avg, momentum_buf, size, n_decay, lr, alpha,
+                           one_minus_alpha, eps, momentum, weight_decay, centered, scale, skip);
 }
