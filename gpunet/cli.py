@@ -57,6 +57,10 @@ def _build_parser():
     from gpunet.bench import add_arguments as add_bench_arguments
     add_bench_arguments(sub.add_parser("bench", help="run the benchmark suite (a source checkout's benchmarks/) "
                                        "and write JSON, a markdown table and a plot"))
+
+    from gpunet.recipes import add_recipe_arguments
+    add_recipe_arguments(sub.add_parser("recipe", help="reproduce a reference result (digits, mnist1d, "
+                                        "regression) and print it beside the reference"))
     return parser
 
 
@@ -168,6 +172,9 @@ def main(argv=None) -> int:
         if args.command == "bench":
             from gpunet.bench import run as run_bench
             return run_bench(args)
+        if args.command == "recipe":
+            from gpunet.recipes import run_from_args
+            return run_from_args(args)
         return _info(args)
     except (ValueError, TypeError, RuntimeError, ImportError, FloatingPointError, OSError) as exc:
         print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)

@@ -81,3 +81,9 @@ def test_unknown_recipe_is_refused():
     with pytest.raises(ValueError, match="digits"):
         run_recipe("cifar10")
     assert set(RECIPES) == {"digits", "mnist1d", "regression"}
+
+
+def test_gpunet_recipe_subcommand(capsys):
+    from gpunet.cli import main as gpunet_main
+    assert gpunet_main(["recipe", "regression", "--backend", "numpy", "--seeds", "0"]) == 0
+    assert "reference: least-squares linear fit" in capsys.readouterr().out
