@@ -9,13 +9,13 @@ from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .backend import get_backend, set_backend, to_numpy, use_backend
 from .gradcheck import gradcheck
 from .mlp import MLP
-from .optim import SGD
+from .optim import SGD, Adam, AdamW, RMSprop
 from .train import History, TrainingDiverged
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP", "set_backend", "get_backend", "use_backend", "to_numpy", "gradcheck",
-    "SGD", "History", "TrainingDiverged",
+    "SGD", "Adam", "AdamW", "RMSprop", "History", "TrainingDiverged",
     "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax", "__version__",
 ]

@@ -208,30 +208,18 @@ class CupyBackend(NumpyBackend):
                 or not all(_host_number(v) for v in (lr, momentum, weight_decay, n_decay))):
             return super().sgd_update(params, grads, velocity, lr=lr, momentum=momentum, nesterov=nesterov,
                                       weight_decay=weight_decay, n_decay=n_decay, scale=scale, skip=skip)
-        dtype = params.dtype
-        if isinstance(skip, cupy.ndarray):
-            if skip.size != 1:
-                raise ValueError(f"skip must be a single flag, got shape {skip.shape}")
-            skip = skip.reshape(()).astype(np.bool_, copy=False)
-        elif bool(skip):      # a host flag: nothing to launch
+        device_flags = self._device_scale_and_skip(scale, skip, params.dtype)
+        if device_flags is None:      # a true host flag: nothing to launch
             return params
-        else:
-            skip = self._constant(False, np.bool_)
-        if isinstance(scale, cupy.ndarray):
-            if scale.size != 1:
-                raise ValueError(f"scale must be a single factor, got shape {scale.shape}")
-            scale = scale.reshape(()).astype(dtype, copy=False)
-        elif float(scale) == 1.0:    # the usual case (no clipping): a cached device one
-            scale = self._constant(1.0, dtype)
-        else:
-            scale = cupy.full((), float(scale), dtype=dtype)
+        scale, skip = device_flags
         return cuda.sgd_update(params, grads, velocity, lr=float(lr), momentum=float(momentum),
                                nesterov=bool(nesterov), weight_decay=float(weight_decay),
                                n_decay=int(n_decay), scale=scale, skip=skip)
 
     def _device_scale_and_skip(self, scale, skip, dtype):
         """(scale, skip) as the 0-d device arrays the optimizer kernels read, or None when
-        ``skip`` is a true host flag (nothing to launch). As in ``sgd_update`` above."""
+        ``skip`` is a true host flag (nothing to launch). The usual scale of one (no
+        clipping) is a cached device constant, so no step allocates it."""
         if isinstance(skip, cupy.ndarray):
             if skip.size != 1:
                 raise ValueError(f"skip must be a single flag, got shape {skip.shape}")

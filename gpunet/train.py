@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .optim import SGD, make_optimizer
+from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
 from .validation import check_bool, check_int, check_real
 
