@@ -134,6 +134,15 @@ class NumpyBackend:
         """``sum(x**2)`` as a 0-d array (for the global gradient norm)."""
         return self.xp.vdot(x, x).real if x.ndim == 1 else (x * x).sum()
 
+    @staticmethod
+    def _decayed_gradient(params, grads, scale, weight_decay, n_decay):
+        """``scale * grads`` plus the coupled L2 term ``weight_decay * params`` on the first
+        ``n_decay`` entries (the weights): the gradient every optimizer step starts from."""
+        g = grads * scale
+        if weight_decay:
+            g[:n_decay] += float(weight_decay) * params[:n_decay]
+        return g
+
     def sgd_update(self, params, grads, velocity, *, lr, momentum, nesterov,
                    weight_decay, n_decay, scale, skip):
         """Fusable: one SGD step over the whole flat parameter buffer, in place.
@@ -151,9 +160,7 @@ class NumpyBackend:
         if bool(skip):
             return params
         xp = self.xp
-        g = grads * scale
-        if weight_decay:
-            g[:n_decay] += weight_decay * params[:n_decay]
+        g = self._decayed_gradient(params, grads, scale, weight_decay, n_decay)
         if momentum:
             velocity *= momentum
             velocity += g
@@ -183,9 +190,7 @@ class NumpyBackend:
             return params
         xp = self.xp
         lr, beta1, beta2, eps = float(lr), float(beta1), float(beta2), float(eps)
-        g = grads * scale
-        if weight_decay:
-            g[:n_decay] += float(weight_decay) * params[:n_decay]
+        g = self._decayed_gradient(params, grads, scale, weight_decay, n_decay)
         if decoupled_weight_decay:
             params[:n_decay] *= 1.0 - lr * float(decoupled_weight_decay)
         exp_avg *= beta1
@@ -219,9 +224,7 @@ class NumpyBackend:
             return params
         xp = self.xp
         lr, alpha, eps, momentum = float(lr), float(alpha), float(eps), float(momentum)
-        g = grads * scale
-        if weight_decay:
-            g[:n_decay] += float(weight_decay) * params[:n_decay]
+        g = self._decayed_gradient(params, grads, scale, weight_decay, n_decay)
         square_avg *= alpha
         square_avg += (1.0 - alpha) * (g * g)
         if centered:
