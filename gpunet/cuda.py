@@ -28,12 +28,13 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "KERNEL_TOPICS", "kernel_dir", "kernel_sources", "kernel_names", "get_kernel", "compile_sources",
+    "KERNEL_TOPICS", "PRELUDE", "kernel_dir", "module_source", "kernel_sources", "kernel_names", "get_kernel", "compile_sources",
     "bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "column_sums", "sumsq",
     "sgd_update", "adam_update", "rmsprop_update", "grid_1d", "column_sums_chunks", "reduction_grid", "row_layout", "RowLayout",
 ]
 
 KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "reduce", "optim")
+PRELUDE = "common.cuh"      # device helpers put in front of every topic (see module_source)
 
 # NVRTC 12/13 defaults to C++17, which the sources need at most; no options are required.
 _NVRTC_OPTIONS: tuple[str, ...] = ()
@@ -77,11 +78,18 @@ def kernel_sources() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.cu"))}
 
 
+def module_source(path: Path) -> str:
+    """The text compiled for one topic: the shared device helpers of ``kernels/common.cuh``,
+    then the topic's own source, with a ``#line`` so compiler messages point into it."""
+    prelude = (kernel_dir() / PRELUDE).read_text(encoding="utf-8")
+    return f'{prelude}\n#line 1 "{path.name}"\n{path.read_text(encoding="utf-8")}'
+
+
 def _source(topic: str) -> str:
     sources = kernel_sources()
     if topic not in sources:
         raise FileNotFoundError(f"no kernels/{topic}.cu among {sorted(sources)}")
-    return sources[topic].read_text(encoding="utf-8")
+    return module_source(sources[topic])
 
 
 _ENTRY_POINT = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s+)?(\w+)\s*\(')
@@ -161,7 +169,10 @@ def nvcc_path() -> str | None:
 
 def _nvcc_compile(path: Path, arch: str) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [nvcc_path() or "nvcc", "-ptx", f"-arch={arch}", str(path), "-o", os.path.join(tmp, "out.ptx")]
+        # the same text RawModule compiles (prelude + topic), so nvcc checks what will run
+        full = Path(tmp) / path.name
+        full.write_text(module_source(path), encoding="utf-8")
+        cmd = [nvcc_path() or "nvcc", "-ptx", f"-arch={arch}", str(full), "-o", os.path.join(tmp, "out.ptx")]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             return f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
@@ -187,7 +198,7 @@ def compile_sources(compiler: str = "auto", archs=("sm_80", "sm_90")) -> list[tu
         raise ValueError(f"unknown compiler {compiler!r}; choose 'auto', 'nvrtc' or 'nvcc'")
     jobs = [(topic, path, arch) for topic, path in kernel_sources().items() for arch in archs]
     if compiler == "nvrtc":
-        errors = [_nvrtc_compile(path.read_text(encoding="utf-8"), path.name, arch) for _, path, arch in jobs]
+        errors = [_nvrtc_compile(module_source(path), path.name, arch) for _, path, arch in jobs]
     else:  # separate processes: run them side by side
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

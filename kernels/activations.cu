@@ -13,15 +13,8 @@
 // Arrays are C-contiguous. Each kernel branches on `kind` once, outside its element loop,
 // into a loop specialised for that activation. Entry points are extern "C" wrappers named
 // <kernel>_f32 / <kernel>_f64 around one template, so NVRTC and nvcc need no name mangling
-// and no toolkit header.
-
-// ---- scalar helpers (overloads pick the float or double libdevice function) ---------------
-__device__ __forceinline__ float gn_exp(float x) { return expf(x); }
-__device__ __forceinline__ double gn_exp(double x) { return exp(x); }
-__device__ __forceinline__ float gn_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double gn_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float gn_abs(float x) { return fabsf(x); }
-__device__ __forceinline__ double gn_abs(double x) { return fabs(x); }
+// and no toolkit header. The scalar helpers (gn_exp, ...) and act_derivative come from
+// common.cuh, which gpunet/cuda.py puts in front of every topic.
 
 // f(z) for one element. Written like the NumPy reference so the two round alike.
 template <typename T, int KIND>
@@ -40,21 +33,6 @@ __device__ __forceinline__ T act_forward(T z, T p0, T p1) {
         return z < T(0) ? z * p0 : z;
     }
     return z;
-}
-
-// f'(z) expressed through the output a = f(z).
-template <typename T, int KIND>
-__device__ __forceinline__ T act_derivative(T a, T p0, T p1) {
-    if (KIND == 1) {
-        return (a * (T(1) - a / p0)) * p1;
-    } else if (KIND == 2) {
-        return T(1) - a * a;
-    } else if (KIND == 3) {
-        return a > T(0) ? T(1) : T(0);         // slope 0 at z == 0, as the reference
-    } else if (KIND == 4) {
-        return a > T(0) ? T(1) : p0;
-    }
-    return T(1);
 }
 
 // ---- bias + activation forward ------------------------------------------------------------

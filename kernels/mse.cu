@@ -1,37 +1,9 @@
 // Mean squared error at the output, fused with the output activation's derivative.
 //
 // Activation ids and parameters as in activations.cu (0 identity, 1 sigmoid (c, beta),
-// 2 tanh, 3 relu, 4 leaky_relu (slope)); the derivative below must stay the same formula
-// as activations.cu:act_derivative (the GPU tests pair both with the NumPy reference).
+// 2 tanh, 3 relu, 4 leaky_relu (slope)); act_derivative and block_sum_256 come from
+// common.cuh, shared with activations.cu and reduce.cu.
 // Softmax outputs are row-wise and are left to the reference implementation.
-
-template <typename T, int KIND>
-__device__ __forceinline__ T act_derivative(T a, T p0, T p1) {
-    if (KIND == 1) {
-        return (a * (T(1) - a / p0)) * p1;
-    } else if (KIND == 2) {
-        return T(1) - a * a;
-    } else if (KIND == 3) {
-        return a > T(0) ? T(1) : T(0);
-    } else if (KIND == 4) {
-        return a > T(0) ? T(1) : p0;
-    }
-    return T(1);
-}
-
-// Sum of v over a block of exactly 256 threads, in a fixed tree order; the result is valid
-// in every thread. Call it once per kernel: a second call could overwrite partial[0]
-// before a slow thread has read the first result.
-__device__ __forceinline__ double gn_block_sum_256(double v) {
-    __shared__ double partial[256];
-    partial[threadIdx.x] = v;
-    __syncthreads();
-    for (int half = 128; half > 0; half >>= 1) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    return partial[0];
-}
 
 // ---- MSE gradient and per-block squared error ---------------------------------------------
 // d = a - y;  grad = (d / rows) * f'(a);  block_sums[block] = sum over the block's elements
@@ -51,7 +23,7 @@ __device__ void mse_grad_loop(const T* a, const T* y, long long size, T n_rows, 
         sq += (double)d * (double)d;
         grad[i] = (d / n_rows) * act_derivative<T, KIND>(ai, p0, p1);
     }
-    const double total = gn_block_sum_256(sq);
+    const double total = block_sum_256(sq);
     if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
 }
 

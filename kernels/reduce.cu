@@ -6,18 +6,7 @@
 // and the launch configuration (which the launcher derives from the shape alone), never
 // with atomics, so two calls on the same data give bitwise-identical results.
 
-// Sum of v over a block of exactly 256 threads, in a fixed tree order; valid in every
-// thread. Call at most once per kernel (its shared slot 0 would be overwritten).
-__device__ __forceinline__ double block_sum_256(double v) {
-    __shared__ double partial[256];
-    partial[threadIdx.x] = v;
-    __syncthreads();
-    for (int half = 128; half > 0; half >>= 1) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    return partial[0];
-}
+// block_sum_256 (a fixed-order 256-thread block sum) comes from common.cuh.
 
 // ---- bias gradient: column sums ------------------------------------------------------------
 // out[c] = sum_r x[r, c] for x (rows, cols) C-contiguous.  Matches NumpyBackend.bias_grad.

@@ -13,11 +13,7 @@
 // The launcher (gpunet/cuda.py) picks kernel, block size, `cached` and grid; grids are
 // capped and the kernels grid-stride over rows.
 
-// ---- scalar helpers ------------------------------------------------------------------------
-__device__ __forceinline__ float gn_exp(float x) { return expf(x); }
-__device__ __forceinline__ double gn_exp(double x) { return exp(x); }
-__device__ __forceinline__ float gn_log(float x) { return logf(x); }
-__device__ __forceinline__ double gn_log(double x) { return log(x); }
+// gn_exp and gn_log come from common.cuh.
 
 // -inf and NaN from their bit patterns: NVRTC has no math.h to define macros for them.
 template <typename T> __device__ __forceinline__ T neg_inf();

@@ -22,12 +22,24 @@ def test_sources_are_found_in_the_checkout():
     assert all(path.suffix == ".cu" and path.parent == cuda.kernel_dir() for path in SOURCES.values())
 
 
-@pytest.mark.parametrize("topic", sorted(SOURCES))
+RULE_FILES = {**{t: p for t, p in SOURCES.items()}, "prelude": cuda.kernel_dir() / cuda.PRELUDE}
+
+
+@pytest.mark.parametrize("topic", sorted(RULE_FILES))
 def test_source_needs_no_toolkit_header(topic):
-    text = SOURCES[topic].read_text(encoding="utf-8")
+    text = RULE_FILES[topic].read_text(encoding="utf-8")
     assert "#include" not in text, "NVRTC has no toolkit headers: kernels must not #include anything"
     assert not re.search(r"\bINFINITY\b", text), "INFINITY needs math headers; build -inf from its bit pattern"
     assert not re.search(r"\batomic[A-Z]\w*\(", text), "reductions must be deterministic: no atomics"
+
+
+@pytest.mark.parametrize("topic", sorted(SOURCES))
+def test_each_topic_is_compiled_after_the_shared_prelude(topic):
+    """What RawModule, NVRTC and nvcc all compile: common.cuh, then the topic at its own line 1."""
+    full = cuda.module_source(SOURCES[topic])
+    prelude = (cuda.kernel_dir() / cuda.PRELUDE).read_text(encoding="utf-8")
+    assert full.startswith(prelude)
+    assert f'#line 1 "{topic}.cu"\n' + SOURCES[topic].read_text(encoding="utf-8") in full
 
 
 @pytest.mark.parametrize("topic", sorted(SOURCES))

@@ -83,8 +83,9 @@ def _dist_info_file(archive, name):
 def test_wheel_ships_every_kernel_source(wheel_path, source_copy):
     with zipfile.ZipFile(wheel_path) as archive:
         names = set(archive.namelist())
-        shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("gpunet/kernels/") and n.endswith(".cu"))
-        in_repo = _repo_kernel_files()
+        shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("gpunet/kernels/") and n.endswith((".cu", ".cuh")))
+        # the topics and the shared prelude (common.cuh) every topic is compiled after
+        in_repo = sorted(_repo_kernel_files() + [p.name for p in KERNELS.glob("*.cuh")])
         assert shipped == in_repo
         if any(KERNELS.glob("*")):
             assert shipped, "kernels/ has files but the wheel has no gpunet/kernels/*.cu"
@@ -167,5 +168,6 @@ def test_pyproject_maps_the_kernels_folder_into_the_package():
     assert "gpunet.kernels" in tool["packages"]
     assert tool["package-dir"]["gpunet.kernels"] == "kernels"
     assert "*.cu" in tool["package-data"]["gpunet.kernels"]
+    assert "*.cuh" in tool["package-data"]["gpunet.kernels"]   # common.cuh, the shared prelude
     assert config["project"]["scripts"]["gpunet"] == "gpunet.cli:main"
     assert config["project"]["dependencies"] == ["numpy>=1.23"]
