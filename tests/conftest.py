@@ -27,6 +27,20 @@ def backend(request):
         yield be
 
 
+@pytest.fixture(scope="session")
+def gpu():
+    """A CuPy backend with exact float32 GEMMs, for the kernel-against-twin tests (gpu only)."""
+    from gpunet.cupy_backend import CupyBackend
+    return CupyBackend(allow_tf32=False)
+
+
+@pytest.fixture(scope="session")
+def ref():
+    """The NumPy reference backend those tests compare against."""
+    from gpunet.backend import NumpyBackend
+    return NumpyBackend()
+
+
 @pytest.fixture(params=DTYPES)
 def dtype(request):
     return request.param

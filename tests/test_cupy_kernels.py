@@ -19,7 +19,6 @@ cupy = pytest.importorskip("cupy")
 
 import gpunet as gn  # noqa: E402
 from gpunet import cuda  # noqa: E402
-from gpunet.backend import NumpyBackend  # noqa: E402
 from gpunet.cupy_backend import CupyBackend  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -40,16 +39,6 @@ WRAP_1D = 65535 * 256 + 4099
 # row kernels: one warp per row for short rows (8 rows per block), one block for long rows
 WRAP_WARP_ROWS = cuda.MAX_GRID_ROWS * (cuda.BLOCK // 32) + 77
 WRAP_BLOCK_ROWS = cuda.MAX_GRID_ROWS + 77
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    return CupyBackend(allow_tf32=False)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return NumpyBackend()
 
 
 @pytest.fixture

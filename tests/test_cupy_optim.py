@@ -14,8 +14,6 @@ import pytest
 cupy = pytest.importorskip("cupy")
 
 from gpunet import cuda  # noqa: E402
-from gpunet.backend import NumpyBackend  # noqa: E402
-from gpunet.cupy_backend import CupyBackend  # noqa: E402
 from gpunet.optim import Adam, AdamW, RMSprop  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -23,16 +21,6 @@ pytestmark = pytest.mark.gpu
 DTYPES = [np.float32, np.float64]
 WRAP_1D = cuda.MAX_GRID_1D * cuda.BLOCK * 3 + 4099    # every thread of the capped grid loops
 SIZES = [1, 3, 1000, 32768, WRAP_1D]
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    return CupyBackend(allow_tf32=False)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return NumpyBackend()
 
 
 @pytest.fixture
