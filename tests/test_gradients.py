@@ -68,29 +68,31 @@ def matrix_cases():
                     yield pytest.param(depth, hname, head_name, wd, id=f"d{depth}-{hname}-{head_name}-wd{wd}")
 
 
-@pytest.mark.parametrize("depth, hidden_name, head_name, weight_decay", list(matrix_cases()))
-def test_gradcheck_matrix(depth, hidden_name, head_name, weight_decay, rng):
+def matrix_problem(depth, hidden_name, head_name, weight_decay, rng):
+    """(net, X, y) of one matrix case: 4 inputs, ``depth`` hidden layers of 5, 3 outputs,
+    every parameter randomised (so no pre-activation sits on a ReLU kink), 6 examples."""
     head = HEADS[head_name]
     sizes = [4] + [5] * depth + [3]
     hidden = [] if depth == 0 else HIDDEN[hidden_name]
     net = randomized_net(sizes, hidden, head, weight_decay, rng)
     X = rng.normal(size=(6, 4))
-    y = make_targets(head[2], rng, 6, 3)
-    # eps=1e-5: gradcheck's relative error has an absolute floor of 1e-8, and chains of leaky
-    # slopes make some true entries ~1e-8, where the rounding noise of eps=1e-6 differences
-    # alone reaches 1e-4. A wrong gradient scores O(1) (see the test below).
+    return net, X, make_targets(head[2], rng, 6, 3)
+
+
+@pytest.mark.parametrize("depth, hidden_name, head_name, weight_decay", list(matrix_cases()))
+def test_gradcheck_matrix(depth, hidden_name, head_name, weight_decay, rng):
+    net, X, y = matrix_problem(depth, hidden_name, head_name, weight_decay, rng)
+    # eps=1e-5 (gradcheck's default, near the float64 optimum): chains of leaky slopes make
+    # some true entries tiny, where rounding noise of the difference quotient is judged
+    # against gradcheck's atol floor; correct gradients stay well below 1e-4, a wrong one
+    # scores O(1) (see the test below).
     assert gn.gradcheck(net, X, y, eps=1e-5) < 1e-4
 
 
 @pytest.mark.parametrize("depth, hidden_name, head_name, weight_decay", list(matrix_cases()))
 def test_complex_step_matrix(depth, hidden_name, head_name, weight_decay, rng):
     """The same matrix against the exact complex-step reference, to float64 rounding."""
-    head = HEADS[head_name]
-    sizes = [4] + [5] * depth + [3]
-    hidden = [] if depth == 0 else HIDDEN[hidden_name]
-    net = randomized_net(sizes, hidden, head, weight_decay, rng)
-    X = rng.normal(size=(6, 4))
-    y = make_targets(head[2], rng, 6, 3)
+    net, X, y = matrix_problem(depth, hidden_name, head_name, weight_decay, rng)
     expected, expected_loss = complex_step_gradient(net, X, y)
     got, loss = flat_analytic(net, X, y)
     assert loss == pytest.approx(expected_loss, rel=1e-12, abs=1e-14)
