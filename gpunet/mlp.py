@@ -321,16 +321,19 @@ class MLP:
 
     def predict(self, X):
         """Class labels (N,) for classifiers, outputs (N, n_L) for regressors; NumPy arrays."""
-        x = self._device_features(X)
+        return self._predict_device(self._device_features(X))
+
+    def _predict_device(self, x):
+        """``predict`` for a validated backend array x (N, n_0)."""
         if self.is_classifier:
             return to_numpy(self._infer(x, activate=False).argmax(axis=1))
         return to_numpy(self._infer(x))
 
     def score(self, X, y) -> float:
         """Accuracy for classifiers; R^2 (averaged over outputs) for regressors."""
-        host = check_features(X, self.sizes[0])
-        targets = self._check_targets(y, host.shape[0])
-        pred = self.predict(host)
+        x = self._device_features(X)      # X is checked (and moved) once
+        targets = self._check_targets(y, x.shape[0])
+        pred = self._predict_device(x)
         if self.is_classifier:
             labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
             return float((pred == labels).mean())
