@@ -107,8 +107,9 @@ def test_train_step(benchmark, measure, request, backend, size, impl):
     if impl == "gpunet":
         step, sync = _gpunet_step(backend, size)
         # the peers that work here alternate with gpunet round by round: the ratio to the
-        # peer then comes from the same moments of a noisy machine
-        partners = []
+        # peer then comes from the same moments of a noisy machine. So do the step's own
+        # GEMMs replayed alone: their share is what the step spends outside them
+        partners = [("gemms", _gemms_of(backend, step), sync)]
         for peer in TORCH_IMPLS:
             built = _torch_step(backend.name, size, peer == "torch-compile", _smoke(request))
             if not isinstance(built, str):
@@ -140,6 +141,30 @@ def _gpunet_step(backend, size):
     grads = [p for pair in zip(net.weight_grads, net.bias_grads) for p in pair]
     _check_first_step(loss, grads, net.params, size)
     return step, device_sync(backend.name)
+
+
+def _gemms_of(backend, step):
+    """A function replaying the GEMMs one call of ``step`` makes (the same operands and
+    output buffers, in the same order) and nothing else. The step is called once to record
+    them: the parameters move by one more SGD step, which no timed figure depends on."""
+    calls = []
+    matmul = backend.matmul
+
+    def recording(a, b, out=None):
+        calls.append((a, b, out))
+        return matmul(a, b, out=out)
+
+    backend.matmul = recording          # an instance attribute, shadowing the method
+    try:
+        step()
+    finally:
+        del backend.matmul
+    assert calls and all(out is not None for _, _, out in calls), "the step's GEMMs write into workspaces"
+
+    def gemms():
+        for a, b, out in calls:
+            matmul(a, b, out=out)
+    return gemms
 
 
 @functools.lru_cache(maxsize=None)

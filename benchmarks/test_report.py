@@ -33,7 +33,8 @@ def _results():
         _bench("softmax_xent", "fused", "cupy", "gpu", 0.01, nbytes=5 * gb, host_time=0.002,
                paired={"unfused": {"median": 0.04, "rounds": 5, "ratio": 0.25}}),
         _bench("mlp_train_step", "gpunet", "numpy", "cpu", 1.0, flops=50 * gflop, bound="compute",
-               paired={"torch-eager": {"median": 2.0, "rounds": 5, "ratio": 0.5}}),
+               paired={"torch-eager": {"median": 2.0, "rounds": 5, "ratio": 0.5},
+                       "gemms": {"median": 0.8, "rounds": 5, "ratio": 1.25}}),
         _bench("mlp_train_step", "torch-eager", "torch", "cpu", 2.0, flops=50 * gflop, bound="compute"),
         _bench("mlp_train_step", "torch-compile", "torch", "cpu", 4.0, flops=50 * gflop, bound="compute"),
     ]
@@ -50,6 +51,7 @@ def test_rates_ratios_and_ceilings():
     assert step["floor"] == pytest.approx(0.25)
     assert step["vs_torch-eager"] == pytest.approx(0.5)          # the paired ratio wins
     assert step["vs_torch-compile"] == pytest.approx(0.25)       # else the ratio of medians
+    assert step["outside_gemms"] == pytest.approx(0.2)            # GEMMs alone: 1/1.25 of the step
     fused = rows[("softmax_xent", "fused", "numpy")]
     assert fused["fused_speedup"] == pytest.approx(2.0) and fused["fraction"] == pytest.approx(0.5)
     gpu = rows[("softmax_xent", "fused", "cupy")]
@@ -64,6 +66,7 @@ def test_markdown_and_plot(tmp_path):
     assert "gpunet/PyTorch eager" in text and "gpunet/torch.compile" in text
     assert "CuPy/NumPy speedup" in text and "100.00" in text
     assert "Test GPU" in text and "| 2 ms |" in text   # the GPU row's host time to queue
+    assert "| 20% (GEMMs alone 800 ms) |" in text and "20% of it outside the GEMMs" in text
     pytest.importorskip("matplotlib")
     png = tmp_path / "plot.png"
     bench.render_plot(rows, png, title="test")

@@ -249,6 +249,9 @@ def _ratios(rows):
                 row["gpu_speedup"] = other["median"] / row["median"]
         if row["impl"] == "gpunet":
             paired = row.get("paired") or {}
+            if "gemms" in paired:   # step/GEMMs per alternating round: the rest is outside them
+                row["outside_gemms"] = 1.0 - 1.0 / paired["gemms"]["ratio"]
+                row["same_rounds_gemms"] = paired["gemms"]["median"]
             for peer in _PEERS:
                 if peer in paired:      # alternating rounds: the ratio the run measured directly
                     row[f"vs_{peer}"] = paired[peer]["ratio"]
@@ -323,7 +326,9 @@ def render_markdown(rows, machine_info, title="") -> str:
                "per-round ratios from rounds that alternate the two (A B A B), so they compare the "
                "same moments of a shared machine; in brackets, the other side's median in those "
                "rounds. The rows of the peer and of the unfused op are their own, separate runs, "
-               "taken at other moments. On a GPU, *host time to queue* is how long the "
+               "taken at other moments. *Outside GEMMs* is the share of a training step not "
+               "spent in its GEMMs: the step's own GEMMs (same operands and buffers) are replayed "
+               "alone in rounds alternating with the step. On a GPU, *host time to queue* is how long the "
                "host takes to launch one call: near the median, launch overhead bounds the case.")
     out.append("")
     ceil_rows = sorted((r for r in rows if r["case"] == "ceiling"),
@@ -350,6 +355,9 @@ def render_markdown(rows, machine_info, title="") -> str:
                    ("floor", lambda r: fmt_time(r["floor"]))]
         if any(r.get("host_time") for r in crow):
             columns.append(("host time to queue", lambda r: fmt_time(r.get("host_time"))))
+        if any("outside_gemms" in r for r in crow):
+            columns.append(("outside GEMMs", lambda r: "" if "outside_gemms" not in r else
+                            f"{_pct(r['outside_gemms'])} (GEMMs alone {fmt_time(r['same_rounds_gemms'])})"))
         optional = [("fused speedup", "fused_speedup"), ("CuPy/NumPy speedup", "gpu_speedup"),
                     ("gpunet/PyTorch eager", "vs_torch-eager"), ("gpunet/torch.compile", "vs_torch-compile")]
         for label, key in optional:
@@ -403,6 +411,8 @@ def _summary(rows) -> str:
                 f"{fmt_rate(row)}"]
         if row["fraction"] is not None:
             bits.append(f"{_pct(row['fraction'])} of the matmul ceiling (floor {fmt_time(row['floor'])})")
+        if "outside_gemms" in row:
+            bits.append(f"{_pct(row['outside_gemms'])} of it outside the GEMMs")
         for peer in _PEERS:
             if f"vs_{peer}" in row:
                 bits.append(f"{_x(row[f'vs_{peer}'])}x the time of PyTorch {peer.split('-')[1]}")
