@@ -92,6 +92,7 @@ def test_first_use_without_a_choice_is_auto_and_quiet(no_gpu, fresh, caplog):
     assert any(NO_GPU_REASON in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.real_cupy   # the fresh interpreter finds a GPU only where CuPy has one
 def test_import_and_first_use_emit_no_warning_in_a_fresh_interpreter():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("GPUNET_BACKEND", None)

@@ -118,7 +118,9 @@ def test_digits_reaches_the_numpy_accuracy(dtype):
         net = make_net(backend, [64, 256, 10], dtype, activation="relu", weight_decay=1e-3)
         net.fit(d.X_train, d.y_train, epochs=40, batch_size=32, lr=0.02, momentum=0.9, progress=False)
         scores[backend] = net.score(d.X_test, d.y_test)
-    assert scores["cupy"] >= 0.97
+    # NumPy float32 on this split: 0.967-0.975 over init seeds 0-7 (0.9666 at seed 7), so
+    # the floor guards against a broken run and the parity check does the comparing
+    assert scores["cupy"] >= 0.96
     assert abs(scores["cupy"] - scores["numpy"]) <= 0.01, scores
 
 
@@ -176,6 +178,7 @@ def test_a_training_step_does_not_synchronise():
     assert np.isfinite(float(loss_sum)) and not bool(bad)
 
 
+@pytest.mark.real_cupy
 def test_gpu_memory_does_not_grow_over_many_steps():
     """A 4096-wide network (~34M parameters, about 0.5 GB with gradients and momentum) trained
     for 40 steps: after the first step, the memory in use is the same after every step."""
@@ -201,6 +204,7 @@ def test_gpu_memory_does_not_grow_over_many_steps():
     assert pool.total_bytes() == total_after_warmup
 
 
+@pytest.mark.real_cupy
 def test_fit_epochs_do_not_grow_gpu_memory():
     rng = np.random.default_rng(7)
     sizes = [64, 512, 512, 10]
@@ -217,6 +221,7 @@ def test_fit_epochs_do_not_grow_gpu_memory():
 
 
 # ---- the command line ----------------------------------------------------------------------------------
+@pytest.mark.real_cupy
 def test_gpunet_train_with_the_cupy_backend():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("GPUNET_BACKEND", None)
@@ -229,6 +234,7 @@ def test_gpunet_train_with_the_cupy_backend():
     assert match and float(match.group(1)) >= 0.95, result.stdout
 
 
+@pytest.mark.real_cupy
 def test_gpunet_info_checks_the_kernels():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([sys.executable, "-m", "gpunet.cli", "info"], capture_output=True, text=True, env=env,

@@ -1,0 +1,241 @@
+"""pytest plugin: the GPU tests on a machine without a GPU, with the real kernels on the host.
+
+    PYTHONPATH=tests python -m pytest -q -p emulator.plugin -m gpu tests
+
+It installs a NumPy-backed stand-in for ``cupy`` before gpunet imports it and sends every
+kernel launch of ``gpunet.cuda`` to ``host_kernels`` (kernels/*.cu compiled with g++ against
+cuda_host.h). ``CupyBackend``, the launchers and the kernels then run as they would on a GPU,
+but for cuBLAS (NumPy's matmul) and CuPy itself. Device arrays are a NumPy subclass, so
+``isinstance(x, cupy.ndarray)`` tells them from host arrays and a ufunc mixing the two is
+refused as CuPy refuses it. The element-wise kernels' grid caps are lowered so that small
+tests wrap the grid-stride loops. Tests that need CuPy itself (its memory pool, a GPU in a
+subprocess) carry the ``real_cupy`` marker and are skipped here. ``cupyx.allow_synchronize``
+is there too: with it off, reading a device value on the host raises, as on a GPU.
+
+What it cannot show: speed, races between blocks (blocks run one after another), the
+device's math library and contraction, and anything about CuPy, cuBLAS or the driver.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import host_kernels  # noqa: E402
+
+
+# ---- the cupy stand-in ----------------------------------------------------------------------
+_SYNC = {"allowed": True}
+
+
+@contextlib.contextmanager
+def allow_synchronize(allow):
+    """cupyx.allow_synchronize: with False, reading a device value on the host raises."""
+    before, _SYNC["allowed"] = _SYNC["allowed"], bool(allow)
+    try:
+        yield
+    finally:
+        _SYNC["allowed"] = before
+
+
+def _host_read(what):
+    if not _SYNC["allowed"]:
+        raise RuntimeError(f"synchronization disallowed: {what} reads a device value on the host")
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array standing for a ``cupy.ndarray`` in device memory; the ways CuPy reads
+    one back to the host (``get``, ``item``, ``float()``...) count as synchronisations."""
+
+    def get(self):
+        _host_read("get()")
+        return np.array(self, copy=True)
+
+    def item(self, *args):
+        _host_read("item()")
+        return super().item(*args)
+
+    def tolist(self):
+        _host_read("tolist()")
+        return super().tolist()
+
+    def __float__(self):
+        _host_read("float()")
+        return super().__float__()
+
+    def __int__(self):
+        _host_read("int()")
+        return super().__int__()
+
+    def __bool__(self):
+        _host_read("bool()")
+        return super().__bool__()
+
+    @property
+    def data(self):   # cupy: a MemoryPointer whose .ptr is the device address
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        for x in inputs + (out or ()):
+            if type(x) is np.ndarray and x.ndim > 0:
+                raise TypeError(f"{ufunc.__name__}: a host numpy.ndarray mixed with device arrays "
+                                "(CuPy refuses this)")
+        plain = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, DeviceArray) else o for o in out)
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _on_device(result)   # reductions give 0-d device arrays, as in CuPy
+
+
+_HOOKS: list = []
+
+
+class MemoryHook:
+    """cupy.cuda.MemoryHook: while entered, ``malloc_postprocess(size=...)`` hears of every
+    new device array (from a cupy function, a host copy or a ufunc without ``out``)."""
+
+    name = "hook"
+
+    def __enter__(self):
+        _HOOKS.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _HOOKS.remove(self)
+
+    def malloc_postprocess(self, **kwargs):
+        pass
+
+
+def _allocated(arr):
+    for hook in _HOOKS:
+        hook.malloc_postprocess(device_id=0, size=arr.nbytes, mem_size=arr.nbytes, mem_ptr=0, pmem_id=0)
+    return arr
+
+
+def _on_device(result):
+    if type(result) is np.ndarray:
+        return _allocated(result.view(DeviceArray))
+    if isinstance(result, np.generic):
+        return _allocated(np.asarray(result).view(DeviceArray))
+    if isinstance(result, tuple):
+        return tuple(_on_device(r) for r in result)
+    return result
+
+
+def _device_function(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return _on_device(fn(*args, **kwargs))
+    return wrapper
+
+
+def _asarray(a, dtype=None, order=None):
+    if isinstance(a, DeviceArray):
+        return _on_device(np.asarray(a, dtype=dtype, order=order))
+    return _allocated(np.array(a, dtype=dtype, order=order or "K", copy=True).view(DeviceArray))   # host to device
+
+
+def _asnumpy(a):
+    if isinstance(a, DeviceArray):
+        _host_read("asnumpy()")
+    return np.array(a, copy=True) if isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _module_getattr(name):
+    attr = getattr(np, name)   # AttributeError for what NumPy lacks (e.g. the memory pool)
+    if callable(attr) and not isinstance(attr, (type, np.ufunc)):
+        return _device_function(attr)
+    return attr
+
+
+class _Stream:
+    def synchronize(self):
+        pass
+
+
+def _make_cupy():
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "0.0+host-emulator"
+    cp.__getattr__ = _module_getattr
+    cp.ndarray = DeviceArray
+    cp.asarray = _asarray
+    cp.array = lambda a, dtype=None, copy=True: np.array(a, dtype=dtype, copy=True).view(DeviceArray)
+    cp.asnumpy = _asnumpy
+    cuda_mod = types.ModuleType("cupy.cuda")
+    cuda_mod.runtime = types.SimpleNamespace(
+        getDevice=lambda: 0, getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 13000,
+        driverGetVersion=lambda: 13000,
+        # an H100's limits: 227 KiB of opt-in shared memory keeps a float32 row of 32768
+        # logits in shared memory and sends a float64 one down the second-read path
+        getDeviceProperties=lambda dev: {"name": b"host emulator", "sharedMemPerBlockOptin": 232448,
+                                         "sharedMemPerBlock": 49152, "multiProcessorCount": 132,
+                                         "totalGlobalMem": 80 * 2**30})
+    cuda_mod.Device = lambda device=None: types.SimpleNamespace(id=0, compute_capability="90")
+    cuda_mod.get_current_stream = lambda: _Stream()
+    cuda_mod.MemoryHook = MemoryHook
+    cp.cuda = cuda_mod
+    core = types.ModuleType("cupy._core")
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_FP32, linalg.COMPUTE_TYPE_TF32 = 2, 4   # CuPy's values
+    _compute = {}
+    linalg.get_compute_type = lambda dtype: _compute.get(np.dtype(dtype), linalg.COMPUTE_TYPE_FP32)
+    linalg.set_compute_type = lambda dtype, kind: _compute.__setitem__(np.dtype(dtype), kind)
+    core._routines_linalg = linalg
+    cp._core = core
+    cupyx = types.ModuleType("cupyx")
+    cupyx.allow_synchronize = allow_synchronize
+    return {"cupy": cp, "cupy.cuda": cuda_mod, "cupy._core": core, "cupy._core._routines_linalg": linalg,
+            "cupyx": cupyx}
+
+
+# installed at import (``-p emulator.plugin`` imports this before any test module or gpunet)
+sys.modules.update(_make_cupy())
+KERNELS: dict = {}
+
+
+def _emulated_kernel(topic, name):
+    if name not in KERNELS:
+        raise KeyError(f"no kernel {name} in kernels/{topic}.cu")
+    return KERNELS[name]
+
+
+# ---- pytest hooks ---------------------------------------------------------------------------
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_cupy: needs CuPy itself, not only the kernels (skipped under the emulator)")
+    cache = Path(os.environ.get("GPUNET_EMULATOR_CACHE", Path(tempfile.gettempdir()) / "gpunet-host-kernels"))
+    KERNELS.update(host_kernels.build(cache))
+    from gpunet import cuda
+    cuda.get_kernel = _emulated_kernel
+    # small grids, so that a few thousand elements wrap every grid-stride loop
+    cuda.MAX_GRID_1D = 3
+    cuda.MAX_GRID_ROWS = 3
+    cuda.MAX_REDUCTION_BLOCKS = 5
+
+
+def pytest_report_header(config):
+    return f"gpunet kernels on the host emulator: {len(KERNELS)} kernels built with {host_kernels.compiler()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs CuPy itself, not only the kernels (run it on a GPU)")
+    for item in items:
+        if "real_cupy" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # a run in which no kernel ran proves nothing (e.g. every GPU test skipped)
+    if exitstatus == 0 and not any(k.launches for k in KERNELS.values()):
+        print("\nemulator: no kernel was launched", file=sys.stderr)
+        session.exitstatus = 1
