@@ -69,9 +69,9 @@ class Adam:
 
     ``weight_decay`` here is coupled (an L2 term folded into the gradient, so it is scaled by
     the adaptive step like any gradient); ``AdamW`` decouples it. State: ``exp_avg`` (m),
-    ``exp_avg_sq`` (v) shaped like the flat parameters, and ``step_count`` t. A step the fit
-    loop skips on the GPU (non-finite gradient, right before a TrainingDiverged error) still
-    counts in t.
+    ``exp_avg_sq`` (v) shaped like the flat parameters, and ``step_count`` t. Steps that the
+    fit loop skips on the GPU (from a non-finite gradient to the TrainingDiverged error at
+    the end of that epoch) are taken back out of t when the error is raised.
     """
 
     name = "adam"

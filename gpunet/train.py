@@ -137,6 +137,7 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     # R^2 from running sums needs the targets' spread, once
     ss_tot = None if net.is_classifier else ((y_host - y_host.mean(axis=0)) ** 2).sum(axis=0)
     eager = be.name == "numpy"    # on the CPU a check per step costs nothing
+    counts_steps = not eager and isinstance(getattr(optimizer, "step_count", None), int)
 
     history["lr"] = []
     steps_per_epoch = -(-n // bs)
@@ -158,6 +159,9 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
             loss_sum = xp.zeros((), dtype=np.float64)
             metric_sum = xp.zeros(() if net.is_classifier else (y_host.shape[1],), dtype=np.float64)
             bad = xp.zeros((), dtype=bool)
+            # on the device a bad step is skipped, not refused: an optimizer that counts its
+            # steps (Adam's bias correction) must not count the skipped ones
+            skipped = xp.zeros((), dtype=np.int64) if counts_steps else None
             if schedule is not None and not per_step:
                 epoch_lr = schedule.lr(base_lr, epoch, total_units)
             for step, start in enumerate(range(0, n, bs)):
@@ -182,9 +186,13 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
                             "Try a smaller learning rate or clip_norm.")
                     optimizer.step(be, net.flat_params, net.flat_grads, weight_decay=net.weight_decay,
                                    n_decay=net.n_weights, scale=scale, skip=bad, **lr_arg)
+                    if skipped is not None:
+                        skipped += bad
                     loss_sum += loss * nb
                     metric_sum += _batch_metric(net, xb, tb)
             if not eager and bool(bad):
+                if skipped is not None:
+                    optimizer.step_count -= int(skipped)
                 raise TrainingDiverged(
                     f"loss or gradient became non-finite during epoch {epoch + 1}; parameters are those "
                     "from before the first bad step. Try a smaller learning rate or clip_norm.")

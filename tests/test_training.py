@@ -8,6 +8,7 @@ import pytest
 
 import gpunet as gn
 from gpunet.data import load_digits, make_regression
+from gpunet.optim import Adam
 
 
 def blobs(rng, n_per_class=30, k=3):
@@ -244,6 +245,25 @@ def test_divergence_mid_epoch_with_minibatches_leaves_finite_parameters(backend,
     with pytest.raises(gn.TrainingDiverged):
         net.fit(X, y, epochs=5, batch_size=8, lr=1e30, progress=False)
     assert np.isfinite(flat(net)).all()
+
+
+def test_divergence_leaves_adams_step_count_at_the_steps_applied(backend, rng):
+    """On the GPU the bad step and the rest of its epoch are skipped on the device, not
+    refused: Adam's bias correction must not count them. NumPy refuses the bad step before
+    the optimizer sees it, so its count is the reference."""
+    X, y = blobs(rng)
+
+    def diverge():
+        opt = Adam(lr=1e30)     # the first step is finite; the next forward pass overflows
+        net = gn.MLP([2, 16, 3], seed=4)
+        with pytest.raises(gn.TrainingDiverged):
+            net.fit(X, y, epochs=5, batch_size=8, optimizer=opt, progress=False)
+        return opt.step_count
+
+    counted = diverge()
+    with gn.use_backend("numpy"):
+        reference = diverge()
+    assert counted == reference >= 1
 
 
 # ---- prediction API -----------------------------------------------------------------------------
