@@ -164,6 +164,14 @@ class _Stream:
         pass
 
 
+class _Device(_Stream):
+    id = 0
+    compute_capability = "90"
+
+    def __init__(self, device=None):
+        pass
+
+
 def _make_cupy():
     cp = types.ModuleType("cupy")
     cp.__version__ = "0.0+host-emulator"
@@ -181,7 +189,7 @@ def _make_cupy():
         getDeviceProperties=lambda dev: {"name": b"host emulator", "sharedMemPerBlockOptin": 232448,
                                          "sharedMemPerBlock": 49152, "multiProcessorCount": 132,
                                          "totalGlobalMem": 80 * 2**30})
-    cuda_mod.Device = lambda device=None: types.SimpleNamespace(id=0, compute_capability="90")
+    cuda_mod.Device = _Device
     cuda_mod.get_current_stream = lambda: _Stream()
     cuda_mod.MemoryHook = MemoryHook
     cp.cuda = cuda_mod
