@@ -10,13 +10,15 @@ but for cuBLAS (NumPy's matmul) and CuPy itself. Device arrays are a NumPy subcl
 refused as CuPy refuses it. The element-wise kernels' grid caps are lowered so that small
 tests wrap the grid-stride loops. Tests that need CuPy itself (its memory pool, a GPU in a
 subprocess) carry the ``real_cupy`` marker and are skipped here. ``cupyx.allow_synchronize``
-is there too: with it off, reading a device value on the host raises, as on a GPU.
+is there too: with it off, reading a device value on the host raises, as on a GPU; and
+``launch_counts()`` tells how many kernels a piece of code launches.
 
 What it cannot show: speed, races between blocks (blocks run one after another), the
 device's math library and contraction, and anything about CuPy, cuBLAS or the driver.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -33,6 +35,18 @@ import host_kernels  # noqa: E402
 
 
 # ---- the cupy stand-in ----------------------------------------------------------------------
+ARRAY_OPS: collections.Counter = collections.Counter()   # CuPy-level operations, by name
+
+
+def launch_counts() -> collections.Counter:
+    """Launches so far, by name: gpunet's kernels, and the CuPy operations (ufuncs, matmul,
+    filling constructors) that are one kernel each on a GPU. Host-to-device copies are not
+    counted."""
+    counts = collections.Counter({name: k.launches for name, k in KERNELS.items() if k.launches})
+    counts.update(ARRAY_OPS)
+    return counts
+
+
 _SYNC = {"allowed": True}
 
 
@@ -88,6 +102,7 @@ class DeviceArray(np.ndarray):
             if type(x) is np.ndarray and x.ndim > 0:
                 raise TypeError(f"{ufunc.__name__}: a host numpy.ndarray mixed with device arrays "
                                 "(CuPy refuses this)")
+        ARRAY_OPS[ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"] += 1
         plain = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
         if out is not None:
             kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, DeviceArray) else o for o in out)
@@ -136,7 +151,10 @@ def _on_device(result):
 def _device_function(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        return _on_device(fn(*args, **kwargs))
+        result = fn(*args, **kwargs)
+        if isinstance(result, np.ndarray) and not fn.__name__.startswith("empty"):
+            ARRAY_OPS[fn.__name__] += 1     # e.g. zeros, full, where: a kernel on a GPU
+        return _on_device(result)
     return wrapper
 
 
