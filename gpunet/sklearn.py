@@ -26,6 +26,7 @@ from .backend import to_numpy, use_backend
 from .mlp import MLP
 from .optim import make_optimizer
 from .schedules import CosineDecay, EarlyStopping, LinearWarmup, Schedule
+from .validation import check_real
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -82,6 +83,16 @@ _PARAMETERS_DOC = """
         Array backend for the model; None uses gpunet's active backend.
     verbose : bool, default False
         Show a progress bar (needs tqdm).
+    warm_start : bool, default False
+        ``fit`` continues from the fitted network (same layer sizes, activation and dtype;
+        for a classifier the same classes) with a fresh optimizer, instead of starting over.
+        ``n_iter_`` and ``loss_curve_`` then run on from the earlier calls.
+
+    ``partial_fit(X, y)`` (``partial_fit(X, y, classes)`` for the classifier, whose first call
+    must name every class) trains one epoch over the given batch of data and keeps the
+    optimizer's state between calls, for data that arrives in pieces or does not fit in
+    memory. Without early stopping; with ``lr_schedule``, call k trains at the schedule's
+    rate for epoch k of ``max_iter`` (the last rate after that).
 
     Fitted attributes: ``net_`` (the ``gpunet.MLP``), ``n_features_in_``, ``n_iter_``
     (epochs run), ``loss_`` and ``loss_curve_`` (training loss per epoch, without the L2
@@ -99,7 +110,7 @@ class _BaseMLP(BaseEstimator):
                  shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
                  clip_norm=None, early_stopping=False, validation_fraction=0.1, dtype="float64",
-                 backend=None, verbose=False):
+                 backend=None, verbose=False, warm_start=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -124,6 +135,7 @@ class _BaseMLP(BaseEstimator):
         self.dtype = dtype
         self.backend = backend
         self.verbose = verbose
+        self.warm_start = warm_start
 
     # ---- hyper-parameters -> gpunet objects (checked at fit, as scikit-learn asks) ---------
     def _hidden_sizes(self):
@@ -188,8 +200,15 @@ class _BaseMLP(BaseEstimator):
         return contextlib.nullcontext() if self.backend is None else use_backend(self.backend)
 
     # ---- training ---------------------------------------------------------------------------
-    def _fit_network(self, X, targets, n_outputs, *, classifier, stratify=None):
-        """Build and train ``net_`` on X (N, d) and targets: int labels (N,) or floats (N, K)."""
+    def _continues(self, incremental):
+        """Whether this fit trains the existing ``net_`` on (warm start, partial_fit)."""
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
+        return getattr(self, "net_", None) is not None and (incremental or bool(self.warm_start))
+
+    def _fit_network(self, X, targets, n_outputs, *, classifier, stratify=None, incremental=False):
+        """Build (or, continuing, reuse) and train ``net_`` on X (N, d) and targets: int
+        labels (N,) or floats (N, K). ``incremental``: one epoch, the optimizer kept."""
         hidden = self._hidden_sizes()
         act = self._activation_name()
         seed = self._seed()
@@ -200,33 +219,68 @@ class _BaseMLP(BaseEstimator):
         schedule = self._schedule(epochs)
         if not isinstance(self.early_stopping, (bool, np.bool_)):
             raise TypeError(f"early_stopping must be True or False, got {self.early_stopping!r}")
+        continuing = self._continues(incremental)
+        widths = [X.shape[1], *hidden, n_outputs]
+        if continuing:
+            self._check_same_network(widths, act)
+        early_stopping = bool(self.early_stopping) and not incremental
+        if incremental:
+            epochs = 1
+            # the optimizer's state (momentum, Adam's moments) carries over between calls
+            kept = getattr(self, "_partial_fit_optimizer", None)
+            optimizer = kept if continuing and kept is not None else optimizer
+            self._partial_fit_optimizer = optimizer
+            if schedule is not None:   # call k trains at the schedule's rate for epoch k of max_iter
+                done = self.n_iter_ if continuing else 0
+                optimizer.lr = schedule.lr(float(self.learning_rate_init), min(done, self.max_iter - 1), self.max_iter)
+                schedule = None
+        else:
+            self._partial_fit_optimizer = None
 
         validation = None
-        if self.early_stopping:
+        if early_stopping:
             X, targets, validation = self._split_validation(X, targets, seed, stratify)
         batch = self._batch(X.shape[0])
-        monitor = ("val_accuracy" if classifier else "val_r2") if self.early_stopping else "loss"
-        stopper = EarlyStopping(monitor=monitor, patience=self.n_iter_no_change, min_delta=self.tol,
-                                mode="max" if self.early_stopping else "min",
-                                restore_best_weights=bool(self.early_stopping))
-        with self._backend_scope():
-            net = MLP([X.shape[1], *hidden, n_outputs], activation=act,
-                      output="softmax" if classifier else "identity",
-                      loss="cross_entropy" if classifier else "mse",
-                      weight_decay=float(self.alpha) / batch, dtype=self.dtype, seed=seed)
+        monitor = ("val_accuracy" if classifier else "val_r2") if early_stopping else "loss"
+        stopper = None if incremental else EarlyStopping(
+            monitor=monitor, patience=self.n_iter_no_change, min_delta=self.tol,
+            mode="max" if early_stopping else "min", restore_best_weights=early_stopping)
+        if continuing:
+            net = self.net_
+            # the penalty follows this call's batch size
+            net.weight_decay = check_real("alpha", self.alpha, low=0.0) / batch
+        else:
+            with self._backend_scope():
+                net = MLP(widths, activation=act, output="softmax" if classifier else "identity",
+                          loss="cross_entropy" if classifier else "mse",
+                          weight_decay=float(self.alpha) / batch, dtype=self.dtype, seed=seed)
         history = net.fit(X, targets, epochs=epochs, batch_size=batch, optimizer=optimizer,
                           schedule=schedule, clip_norm=self.clip_norm, shuffle=self.shuffle,
                           validation_data=validation, early_stopping=stopper,
                           progress=bool(self.verbose))
         self.net_ = net
         self.history_ = dict(history)
-        self.n_iter_ = history.epochs
-        self.loss_curve_ = list(history["loss"])
+        self.n_iter_ = (self.n_iter_ if continuing else 0) + history.epochs
+        self.loss_curve_ = (self.loss_curve_ if continuing else []) + list(history["loss"])
         self.loss_ = self.loss_curve_[-1]
-        if self.early_stopping:
+        if early_stopping:
             self.validation_scores_ = list(history[monitor])
             self.best_validation_score_ = history.best_value
         return self
+
+    def _check_same_network(self, widths, activation):
+        """Continuing needs the network the hyper-parameters and data describe now."""
+        net = self.net_
+        if list(net.sizes) != widths:
+            raise ValueError(f"cannot continue training: the fitted network has layer widths {list(net.sizes)}, "
+                             f"but hidden_layer_sizes and the data now give {widths}")
+        fitted = sorted({a.name for a in net.hidden_activations})
+        if fitted and fitted != [activation]:
+            raise ValueError(f"cannot continue training: the fitted network's hidden activation is "
+                             f"{', '.join(fitted)}, not {activation!r}")
+        if np.dtype(net.dtype) != np.dtype(self.dtype):
+            raise ValueError(f"cannot continue training: the fitted network is {np.dtype(net.dtype)}, "
+                             f"dtype is now {self.dtype!r}")
 
     def _split_validation(self, X, targets, seed, stratify):
         from sklearn.model_selection import train_test_split
@@ -296,15 +350,42 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def fit(self, X, y):
         """Train on X (n_samples, n_features) and labels y (n_samples,). Returns self."""
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
+        continuing = self._continues(incremental=False)
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=not continuing)
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         if len(encoder.classes_) < 2:
             raise ValueError(f"MLPClassifier needs at least 2 classes, but y holds one class "
                              f"(label {encoder.classes_[0]!r})")
+        if continuing and not np.array_equal(encoder.classes_, self.classes_):
+            raise ValueError(f"warm_start needs the classes of the earlier fit, {self.classes_.tolist()}; "
+                             f"y holds {encoder.classes_.tolist()}")
         self.classes_ = encoder.classes_
         codes = encoder.transform(y).astype(np.int64)
         return self._fit_network(X, codes, len(self.classes_), classifier=True, stratify=codes)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over X (n_samples, n_features) and labels y, continuing from the earlier
+        calls. ``classes``: every label the calls will see; required on the first call."""
+        first = getattr(self, "net_", None) is None
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        if classes is not None:
+            classes = np.unique(np.asarray(classes))
+            if len(classes) < 2:
+                raise ValueError(f"partial_fit needs at least 2 classes, got {classes.tolist()}")
+            if not first and not np.array_equal(classes, self.classes_):
+                raise ValueError(f"classes={classes.tolist()} differs from the classes of the earlier calls, "
+                                 f"{self.classes_.tolist()}")
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=first)
+        check_classification_targets(y)
+        known = classes if first else self.classes_
+        unseen = np.setdiff1d(y, known)
+        if unseen.size:
+            raise ValueError(f"y holds labels {unseen.tolist()} that are not among the classes {known.tolist()}")
+        self.classes_ = known
+        codes = np.searchsorted(known, y).astype(np.int64)
+        return self._fit_network(X, codes, len(known), classifier=True, incremental=True)
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
@@ -340,12 +421,24 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def fit(self, X, y):
         """Train on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_outputs)."""
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True)
+        return self._fit_regressor(X, y, incremental=False)
+
+    def partial_fit(self, X, y):
+        """One epoch over X and y, continuing from the earlier calls (the optimizer's state too)."""
+        return self._fit_regressor(X, y, incremental=True)
+
+    def _fit_regressor(self, X, y, *, incremental):
+        continuing = self._continues(incremental)
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True,
+                             reset=not continuing)
         targets = np.asarray(y, dtype=np.float64)
-        self._y_is_1d = targets.ndim == 1
+        y_is_1d = targets.ndim == 1
         targets = targets.reshape(targets.shape[0], -1)
+        if continuing and targets.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {targets.shape[1]} outputs; the fitted network has {self.n_outputs_}")
+        self._y_is_1d = y_is_1d
         self.n_outputs_ = targets.shape[1]
-        return self._fit_network(X, targets, self.n_outputs_, classifier=False)
+        return self._fit_network(X, targets, self.n_outputs_, classifier=False, incremental=incremental)
 
     def predict(self, X):
         """Predictions (n_samples,) or (n_samples, n_outputs), as y was in ``fit`` (float64,

@@ -180,3 +180,88 @@ def test_backend_parameter_builds_the_model_there():
     clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, backend="numpy").fit(X, y)
     assert clf.net_.backend.name == "numpy"
     assert gn.get_backend() is not None
+
+
+# ---- warm_start and partial_fit -------------------------------------------------------------
+def test_warm_start_continues_from_the_fitted_network():
+    X, y = _digits(400)
+    X = X / 16
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, tol=0.0, random_state=0, warm_start=True).fit(X, y)
+    first_curve = list(clf.loss_curve_)
+    net = clf.net_
+    clf.fit(X, y)
+    assert clf.net_ is net and clf.n_iter_ == 10 and len(clf.loss_curve_) == 10
+    assert clf.loss_curve_[:5] == first_curve and clf.loss_curve_[5] < first_curve[0]
+    fresh = clone(clf).set_params(warm_start=False).fit(X, y)
+    assert fresh.n_iter_ == 5 and fresh.loss_curve_ == first_curve   # without it, fit starts over
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"hidden_layer_sizes": (17,)}, "layer widths"),
+    ({"activation": "tanh"}, "activation"),
+    ({"dtype": "float32"}, "float64"),
+])
+def test_warm_start_refuses_another_network_and_keeps_the_model(change, words):
+    X, y = _digits(200)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0, warm_start=True).fit(X / 16, y)
+    coefs = clf.coefs_
+    with pytest.raises(ValueError, match=words):
+        clf.set_params(**change).fit(X / 16, y)
+    for before, after in zip(coefs, clf.coefs_):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_warm_start_needs_the_same_classes():
+    X, y = _digits(200)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0, warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match="classes"):
+        clf.fit(X[y < 5], y[y < 5])
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_partial_fit_calls_equal_fit_epochs(solver):
+    """Two partial_fit calls are two epochs of fit: the optimizer's state carries over."""
+    X, y = _digits(300)
+    params = dict(hidden_layer_sizes=(16,), solver=solver, learning_rate_init=0.01, shuffle=False, tol=0.0,
+                  random_state=3)
+    whole = MLPClassifier(max_iter=2, **params).fit(X / 16, y)
+    parts = MLPClassifier(**params)
+    for _ in range(2):
+        parts.partial_fit(X / 16, y, classes=np.arange(10))
+    assert parts.n_iter_ == 2 and parts.loss_curve_ == whole.loss_curve_
+    for a, b in zip(parts.coefs_ + parts.intercepts_, whole.coefs_ + whole.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_partial_fit_over_chunks_learns_digits():
+    X, y = _digits(1797)
+    Xtr, Xte, ytr, yte = train_test_split(X / 16, y, test_size=0.25, random_state=0, stratify=y)
+    clf = MLPClassifier(hidden_layer_sizes=(64,), learning_rate_init=0.01, random_state=0)
+    labels = np.array([str(c) for c in range(10)])
+    for epoch in range(15):
+        for chunk in np.array_split(np.arange(len(ytr)), 4):
+            clf.partial_fit(Xtr[chunk], labels[ytr[chunk]], classes=labels if epoch == 0 else None)
+    assert clf.n_iter_ == 60 and list(clf.classes_) == list(labels)
+    assert clf.score(Xte, labels[yte]) > 0.93
+
+
+def test_partial_fit_input_errors():
+    X, y = _digits(100)
+    clf = MLPClassifier(hidden_layer_sizes=(8,))
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(X, y)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        clf.partial_fit(X, y, classes=[3])
+    with pytest.raises(ValueError, match=r"labels \[9\] that are not among"):
+        clf.partial_fit(X, y, classes=np.arange(9))
+    clf.partial_fit(X, y, classes=np.arange(10))
+    coefs = clf.coefs_
+    with pytest.raises(ValueError, match="differs"):
+        clf.partial_fit(X, y, classes=np.arange(11))
+    with pytest.raises(ValueError, match="features"):
+        clf.partial_fit(X[:, :10], y)
+    for before, after in zip(coefs, clf.coefs_):
+        np.testing.assert_array_equal(before, after)
+    reg = MLPRegressor(hidden_layer_sizes=(8,)).partial_fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="outputs"):
+        reg.partial_fit(X, np.stack([y, y], axis=1).astype(float))
