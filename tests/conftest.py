@@ -41,6 +41,24 @@ def ref():
     return NumpyBackend()
 
 
+@pytest.fixture(scope="session")
+def allocation_log():
+    """``with allocation_log() as log:`` records in ``log.sizes`` the size of every block
+    CuPy's memory pool hands out meanwhile (gpu tests)."""
+    import cupy
+
+    class AllocationLog(cupy.cuda.MemoryHook):
+        name = "gpunet_allocation_log"
+
+        def __init__(self):
+            self.sizes = []
+
+        def malloc_postprocess(self, **kwargs):
+            self.sizes.append(kwargs.get("size", kwargs.get("mem_size", 0)))
+
+    return AllocationLog
+
+
 @pytest.fixture(params=DTYPES)
 def dtype(request):
     return request.param

@@ -304,25 +304,13 @@ def test_softmax_xent_label_out_of_range_gives_nan_loss(gpu, rng):
     assert np.isnan(host(gpu.softmax_xent(z, cupy.asarray(np.array([0, 1, -1, 2])), grad)))
 
 
-class _AllocationLog(cupy.cuda.MemoryHook):
-    """Records the size of every block taken from CuPy's memory pool."""
-
-    name = "gpunet_allocation_log"
-
-    def __init__(self):
-        self.sizes = []
-
-    def malloc_postprocess(self, **kwargs):
-        self.sizes.append(kwargs.get("size", kwargs.get("mem_size", 0)))
-
-
-def test_softmax_xent_allocates_no_probabilities_or_one_hot(gpu, rng):
+def test_softmax_xent_allocates_no_probabilities_or_one_hot(gpu, rng, allocation_log):
     rows, cols = 512, 1000
     logits = cupy.asarray(draw(rng, (rows, cols), np.float32))
     labels = cupy.asarray(rng.integers(0, cols, size=rows))
     grad = cupy.empty((rows, cols), np.float32)
     gpu.softmax_xent(logits, labels, grad)          # warm-up: compiles, makes the row scratch
-    with _AllocationLog() as log:
+    with allocation_log() as log:
         gpu.softmax_xent(logits, labels, grad)
     # only the 0-d loss it returns; nothing of size rows*cols (probabilities, one-hot)
     assert len(log.sizes) <= 1 and all(size < rows * 4 for size in log.sizes), log.sizes

@@ -74,18 +74,9 @@ def test_a_training_step_makes_6L_plus_1_launches(widths, rows):
 @pytest.mark.parametrize("optimizer", [lambda: SGD(lr=1e-3, momentum=0.9, nesterov=True), lambda: Adam(lr=1e-3)],
                          ids=["sgd", "adam"])
 @pytest.mark.parametrize("widths", ARCHS, ids=lambda w: "-".join(map(str, w)))
-def test_a_training_step_allocates_only_its_loss(widths, optimizer):
-    class Allocations(cupy.cuda.MemoryHook):
-        name = "gpunet_step_allocations"
-
-        def __init__(self):
-            self.sizes = []
-
-        def malloc_postprocess(self, **kwargs):
-            self.sizes.append(kwargs.get("size", kwargs.get("mem_size", 0)))
-
+def test_a_training_step_allocates_only_its_loss(widths, optimizer, allocation_log):
     with gn.use_backend("cupy"):
         step = _warm_step(widths, optimizer(), 256)
-        with Allocations() as log:
+        with allocation_log() as log:
             loss = step()
     assert loss.shape == () and len(log.sizes) <= 1, log.sizes

@@ -73,26 +73,6 @@ class DeviceArray(np.ndarray):
         _host_read("get()")
         return np.array(self, copy=True)
 
-    def item(self, *args):
-        _host_read("item()")
-        return super().item(*args)
-
-    def tolist(self):
-        _host_read("tolist()")
-        return super().tolist()
-
-    def __float__(self):
-        _host_read("float()")
-        return super().__float__()
-
-    def __int__(self):
-        _host_read("int()")
-        return super().__int__()
-
-    def __bool__(self):
-        _host_read("bool()")
-        return super().__bool__()
-
     @property
     def data(self):   # cupy: a MemoryPointer whose .ptr is the device address
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
@@ -136,6 +116,19 @@ def _allocated(arr):
     for hook in _HOOKS:
         hook.malloc_postprocess(device_id=0, size=arr.nbytes, mem_size=arr.nbytes, mem_ptr=0, pmem_id=0)
     return arr
+
+
+def _reading_on_the_host(name):
+    method = getattr(np.ndarray, name)
+
+    def read(self, *args):
+        _host_read(f"{name}()")
+        return method(self, *args)
+    return read
+
+
+for _name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+    setattr(DeviceArray, _name, _reading_on_the_host(_name))
 
 
 def _on_device(result):
