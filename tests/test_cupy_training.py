@@ -221,6 +221,26 @@ def test_fit_epochs_do_not_grow_gpu_memory():
 
 
 # ---- the command line ----------------------------------------------------------------------------------
+INFO_LINES = [r"^device\s+\S", r"^cuda\s+runtime \d+\.\d+, driver \d+\.\d+",
+              r"^kernels\s+\d+ kernels from \d+ sources", r"^parity\s+(\d+)/\1 checks"]
+
+
+def test_gpunet_train_and_info_in_this_process(capsys):
+    """The commands' CuPy paths in-process (also under the kernel emulator); the tests below
+    run them as the user does, in a fresh process."""
+    from gpunet.cli import main
+    code = main(["train", "--backend", "cupy", "--dataset", "digits", "--epochs", "15", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and re.search(r"backend cupy\b", out), out
+    match = re.search(r"^test accuracy: ([0-9.]+)$", out, re.MULTILINE)
+    assert match and float(match.group(1)) >= 0.95, out
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for line in INFO_LINES:
+        assert re.search(line, out, re.MULTILINE), out
+    assert "FAIL" not in out
+
+
 @pytest.mark.real_cupy
 def test_gpunet_train_with_the_cupy_backend():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -240,8 +260,6 @@ def test_gpunet_info_checks_the_kernels():
     result = subprocess.run([sys.executable, "-m", "gpunet.cli", "info"], capture_output=True, text=True, env=env,
                             cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^device\s+\S", result.stdout, re.MULTILINE), result.stdout
-    assert re.search(r"^cuda\s+runtime \d+\.\d+, driver \d+\.\d+", result.stdout, re.MULTILINE), result.stdout
-    assert re.search(r"^kernels\s+\d+ kernels from \d+ sources", result.stdout, re.MULTILINE), result.stdout
-    assert re.search(r"^parity\s+(\d+)/\1 checks", result.stdout, re.MULTILINE), result.stdout
+    for line in INFO_LINES:
+        assert re.search(line, result.stdout, re.MULTILINE), result.stdout
     assert "FAIL" not in result.stdout
