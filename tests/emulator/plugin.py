@@ -206,9 +206,10 @@ def _make_cupy():
     cp.cuda = cuda_mod
     core = types.ModuleType("cupy._core")
     linalg = types.ModuleType("cupy._core._routines_linalg")
-    linalg.COMPUTE_TYPE_FP32, linalg.COMPUTE_TYPE_TF32 = 2, 4   # CuPy's values
+    # CuPy 14's values; float32 starts at DEFAULT (CUPY_TF32 unset), so gpunet sets and restores
+    linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_FP32, linalg.COMPUTE_TYPE_TF32 = 1, 4, 7
     _compute = {}
-    linalg.get_compute_type = lambda dtype: _compute.get(np.dtype(dtype), linalg.COMPUTE_TYPE_FP32)
+    linalg.get_compute_type = lambda dtype: _compute.get(np.dtype(dtype), linalg.COMPUTE_TYPE_DEFAULT)
     linalg.set_compute_type = lambda dtype, kind: _compute.__setitem__(np.dtype(dtype), kind)
     core._routines_linalg = linalg
     cp._core = core
