@@ -84,7 +84,10 @@ def build(dest: Path) -> dict[str, "HostKernel"]:
 
 
 class HostKernel:
-    """A kernel of the host build, called as ``cupy.RawKernel``: ``k(grid, block, args, shared_mem=0)``."""
+    """A kernel of the host build, called as ``cupy.RawKernel``: ``k(grid, block, args, shared_mem=0)``.
+    ``after_launch(kernel, args)``, when set, checks each launch afterwards."""
+
+    after_launch = None
 
     def __init__(self, name, entry, types, launch_bound):
         self.name, self.types, self.launch_bound = name, types, launch_bound
@@ -124,3 +127,5 @@ class HostKernel:
         self.launches += 1
         if self._entry(*cargs) != 0:
             raise RuntimeError(f"{self.name}: the threads of a block deadlocked at a barrier")
+        if self.after_launch is not None:
+            self.after_launch(self, args)

@@ -11,7 +11,9 @@ refused as CuPy refuses it. The element-wise kernels' grid caps are lowered so t
 tests wrap the grid-stride loops. Tests that need CuPy itself (its memory pool, a GPU in a
 subprocess) carry the ``real_cupy`` marker and are skipped here. ``cupyx.allow_synchronize``
 is there too: with it off, reading a device value on the host raises, as on a GPU; and
-``launch_counts()`` tells how many kernels a piece of code launches.
+``launch_counts()`` tells how many kernels a piece of code launches. Device buffers made by
+``empty``, ``zeros``, ``full`` and ``asarray`` have guard bytes on either side, checked after
+every launch that was handed them, and ``empty`` floats start as NaN (stale memory).
 
 What it cannot show: speed, races between blocks (blocks run one after another), the
 device's math library and contraction, and anything about CuPy, cuBLAS or the driver.
@@ -25,6 +27,7 @@ import os
 import sys
 import tempfile
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -151,10 +154,73 @@ def _device_function(fn):
     return wrapper
 
 
+# ---- device memory: guard bytes around each buffer, uninitialised memory poisoned ---------
+_GUARD = 64                       # bytes each side (keeps 64-byte alignment)
+_GUARD_BYTE = 0xA5
+_GUARDED = weakref.WeakValueDictionary()   # id -> the raw byte buffers behind device arrays
+
+
+def _device_empty(shape, dtype=np.float64, poison=True):
+    """A C-contiguous device array inside a byte buffer with guard bytes on either side.
+    Floating-point contents start as NaN, as stale memory can hold anything."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 2 * _GUARD, dtype=np.uint8)
+    raw[:_GUARD] = raw[len(raw) - _GUARD:] = _GUARD_BYTE
+    body = raw[_GUARD:_GUARD + nbytes]
+    if poison and dtype.kind in "fc":
+        body[...] = 0xFF
+    _GUARDED[id(raw)] = raw
+    return _allocated(body.view(dtype).reshape(shape).view(DeviceArray))
+
+
+def _guards_intact(arr) -> bool:
+    """False when a kernel wrote past either end of the buffer behind ``arr``."""
+    base = arr
+    while base is not None and _GUARDED.get(id(base)) is not base:
+        base = base.base
+    if base is None:
+        return True
+    return bool((base[:_GUARD] == _GUARD_BYTE).all() and (base[len(base) - _GUARD:] == _GUARD_BYTE).all())
+
+
+def _check_guards(kernel, args):
+    for i, arg in enumerate(args):
+        if isinstance(arg, np.ndarray) and not _guards_intact(arg):
+            raise RuntimeError(f"{kernel.name}: a write past the end of the buffer of argument {i}")
+
+
+def _empty(shape, dtype=np.float64, order="C"):
+    return _device_empty(shape, dtype)
+
+
+def _empty_like(a, dtype=None, order="K", subok=True, shape=None):
+    return _device_empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
+
+
+def _zeros(shape, dtype=np.float64, order="C"):
+    ARRAY_OPS["zeros"] += 1
+    arr = _device_empty(shape, dtype, poison=False)
+    arr.view(np.ndarray)[...] = 0
+    return arr
+
+
+def _full(shape, fill_value, dtype=None, order="C"):
+    ARRAY_OPS["full"] += 1
+    dtype = np.asarray(fill_value).dtype if dtype is None else dtype
+    arr = _device_empty(shape, dtype, poison=False)
+    arr.view(np.ndarray)[...] = fill_value
+    return arr
+
+
 def _asarray(a, dtype=None, order=None):
     if isinstance(a, DeviceArray):
         return _on_device(np.asarray(a, dtype=dtype, order=order))
-    return _allocated(np.array(a, dtype=dtype, order=order or "K", copy=True).view(DeviceArray))   # host to device
+    host = np.asarray(a, dtype=dtype)
+    arr = _device_empty(host.shape, host.dtype, poison=False)     # a host-to-device copy
+    arr.view(np.ndarray)[...] = host
+    return arr
 
 
 def _asnumpy(a):
@@ -189,6 +255,7 @@ def _make_cupy():
     cp.__getattr__ = _module_getattr
     cp.ndarray = DeviceArray
     cp.asarray = _asarray
+    cp.empty, cp.empty_like, cp.zeros, cp.full = _empty, _empty_like, _zeros, _full
     cp.array = lambda a, dtype=None, copy=True: np.array(a, dtype=dtype, copy=True).view(DeviceArray)
     cp.asnumpy = _asnumpy
     cuda_mod = types.ModuleType("cupy.cuda")
@@ -237,6 +304,7 @@ def pytest_configure(config):
     KERNELS.update(host_kernels.build(cache))
     from gpunet import cuda
     cuda.get_kernel = _emulated_kernel
+    host_kernels.HostKernel.after_launch = staticmethod(_check_guards)
     # small grids, so that a few thousand elements wrap every grid-stride loop
     cuda.MAX_GRID_1D = 3
     cuda.MAX_GRID_ROWS = 3
