@@ -126,9 +126,13 @@ def measure(benchmark, request):
         round of ``fn``, so ``fn`` and its peers alternate A B A B on the same machine state;
         the median of the per-round ratios goes to ``extra_info["paired"]``. ``least_rounds``
         raises the minimum (a ceiling is a fastest round: it needs many to find one)."""
+        own_times = []   # this side of the pairing, timed like the partners (no pytest-benchmark internals)
+
         def timed():
+            t0 = time.perf_counter()
             result = fn()
             sync()
+            own_times.append(time.perf_counter() - t0)
             return result
 
         partner_times = {name: [] for name, _, _ in partners}
@@ -162,9 +166,17 @@ def measure(benchmark, request):
         estimate = max(statistics.median(samples), 1e-7)
         rounds = int(min(max((1 + len(partners)) * max_time / estimate, min_rounds, least_rounds or 0),
                          max_rounds))
+        own_times.clear()
         for times in partner_times.values():
             times.clear()
         result = benchmark.pedantic(timed, setup=prepare, rounds=rounds, iterations=1)
+        if partners:
+            # before the host-time rounds below, whose prepare() also times the partners
+            own = own_times
+            benchmark.extra_info["paired"] = {
+                name: {"median": statistics.median(times), "rounds": len(times),
+                       "ratio": statistics.median(a / b for a, b in zip(own, times, strict=True))}
+                for name, times in partner_times.items()}
         if sync is not no_sync:
             # GPU: how long the host takes to queue one call. Near the device time, the
             # host (Python, launches) is the bottleneck of this case
@@ -177,12 +189,6 @@ def measure(benchmark, request):
                 host.append(time.perf_counter() - t0)
                 sync()
             benchmark.extra_info["host_time"] = statistics.median(host)
-        if partners:
-            own = benchmark.stats.stats.data
-            benchmark.extra_info["paired"] = {
-                name: {"median": statistics.median(times), "rounds": len(times),
-                       "ratio": statistics.median(a / b for a, b in zip(own, times))}
-                for name, times in partner_times.items()}
         return result
 
     return run
