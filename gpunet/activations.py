@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from .backend import shift_by_row_max
+
 __all__ = [
     "Activation", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax",
     "HIDDEN_ACTIVATIONS", "OUTPUT_ACTIVATIONS", "get_activation",
@@ -196,7 +198,7 @@ class Softmax(Activation):
     elementwise = False
 
     def forward(self, xp, z, out=None):
-        shifted = z - z.max(axis=1, keepdims=True)
+        shifted = shift_by_row_max(z)
         e = xp.exp(shifted, out=shifted)
         return xp.divide(e, e.sum(axis=1, keepdims=True), out=out)
 

@@ -25,6 +25,17 @@ log = logging.getLogger("gpunet")
 BACKEND_NAMES = ("auto", "numpy", "cupy")
 
 
+def shift_by_row_max(z):
+    """``z - max(z, axis=1)`` for z (N, n): every entry <= 0, so its exp cannot overflow.
+
+    A row spanning more than the dtype's range (1e308 and -1e308 in float64) shifts its low
+    entries past the range, to -inf, whose exp is the 0 it should be: that overflow is
+    intended and does not warn.
+    """
+    with np.errstate(over="ignore"):
+        return z - z.max(axis=1, keepdims=True)
+
+
 class NumpyBackend:
     """Reference ops on NumPy arrays (also the CPU production path)."""
 
@@ -91,8 +102,7 @@ class NumpyBackend:
         xp = self.xp
         n = logits.shape[0]
         rows = xp.arange(n)
-        zmax = logits.max(axis=1, keepdims=True)
-        shifted = logits - zmax
+        shifted = shift_by_row_max(logits)
         sumexp = xp.exp(shifted).sum(axis=1, keepdims=True)
         logsumexp = xp.log(sumexp)
         # -log softmax(z)[y] = log sum exp(z - max) - (z_y - max)
@@ -106,10 +116,12 @@ class NumpyBackend:
         """As ``softmax_xent`` with one-hot (or soft) targets (N, C) whose rows sum to 1."""
         xp = self.xp
         n = logits.shape[0]
-        shifted = logits - logits.max(axis=1, keepdims=True)
+        shifted = shift_by_row_max(logits)
         logsumexp = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         logp = shifted - logsumexp
-        loss = -(targets * logp).sum() / n
+        with np.errstate(invalid="ignore"):     # 0 * log 0 (= 0 * -inf) counts as 0
+            terms = targets * logp
+        loss = -xp.where(targets == 0, 0, terms).sum() / n
         grad = xp.exp(logp, out=grad_out)
         grad -= targets
         grad /= n

@@ -91,6 +91,25 @@ def test_softmax_never_overflows(dtype, big, backend):
     np.testing.assert_allclose(p[2], [1 / 3] * 3, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, big", [("float32", 3e38), ("float64", 1e308)])
+def test_rows_spanning_more_than_the_dtype_range_neither_warn_nor_fail(dtype, big, backend):
+    # z - max runs past the range to -inf for the low entries: exp gives the 0 it should
+    z = np.array([[big, -big, 0.0], [-big, big, -big]], dtype=dtype)
+    labels = np.array([0, 0])
+    with strict_floats():
+        p = gn.to_numpy(backend.softmax(backend.asarray(z)))
+        grad = backend.empty(z.shape, z.dtype)
+        loss = float(backend.softmax_xent(backend.asarray(z), backend.asarray(labels), grad))
+        grad_onehot = backend.empty(z.shape, z.dtype)
+        loss_onehot = float(backend.softmax_xent_onehot(backend.asarray(z), backend.asarray(np.eye(3, dtype=dtype)[labels]),
+                                                        grad_onehot))
+    np.testing.assert_array_equal(p, [[1, 0, 0], [0, 1, 0]])
+    # row 0 is right (loss 0), row 1 puts all mass on column 1 while the label is 0: loss inf
+    assert loss == np.inf and loss_onehot == np.inf
+    np.testing.assert_array_equal(gn.to_numpy(grad), np.array([[0, 0, 0], [-1, 1, 0]], dtype=dtype) / 2)
+    np.testing.assert_array_equal(gn.to_numpy(grad_onehot), np.array([[0, 0, 0], [-1, 1, 0]], dtype=dtype) / 2)
+
+
 SIGMOIDS = {"sigmoid": gn.Sigmoid(), "scaled": gn.Sigmoid(c=2.5, beta=0.75)}
 
 
