@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchsupport import MLP_SIZES, Size, assert_close, describe, device_sync, host_float, params_of
+from gpunet import cuda
 from gpunet.activations import get_activation
 
 DTYPE = "float32"
@@ -22,18 +23,20 @@ VARIANTS = ["fused", "unfused"]
 
 def _check_and_time(benchmark, measure, backend, variant, *, case, size, nbytes, fused, unfused, check,
                     setup=None):
-    """Check both compositions against the reference, then time ``variant``; the fused one
-    runs with the unfused one as its alternating partner."""
+    """Check both compositions against the reference, then time ``variant``; a fused one
+    ("fused", or a kernel variant such as "fused-registers") runs with the unfused one as
+    its alternating partner."""
     sync = device_sync(backend.name)
-    ops = {"fused": fused, "unfused": unfused}
-    for name in ops if variant == "fused" else [variant]:
+    is_fused = variant != "unfused"
+    ops = {variant if is_fused else "fused": fused, "unfused": unfused}
+    for name in ops if is_fused else [variant]:
         if setup is not None:
             setup()
         check(ops[name](), f"{case} {name}")
     describe(benchmark, case=case, impl=variant, backend=backend.name,
              device="gpu" if backend.name == "cupy" else "cpu", size=size, dtype=DTYPE,
              bytes=nbytes, bound="memory", work=int(np.prod(size.shape)))
-    partners = [("unfused", unfused, sync)] if variant == "fused" else []
+    partners = [("unfused", unfused, sync)] if is_fused else []
     measure(ops[variant], sync=sync, setup=setup, partners=partners)
 
 
@@ -57,10 +60,15 @@ def _softmax_xent_unfused(xp, logits, labels):
     return loss, (probs - onehot) / n
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + ["fused-registers"])
 @pytest.mark.parametrize("size", params_of(SOFTMAX_SIZES))
-def test_softmax_xent(benchmark, measure, backend, size, variant):
+def test_softmax_xent(benchmark, measure, backend, size, variant, monkeypatch):
     n, c = size.shape
+    if variant == "fused-registers":
+        # the long-row kernels side by side: rows kept in registers instead of shared memory
+        if backend.name != "cupy" or c <= cuda.WARP_ROW_MAX_COLS:
+            pytest.skip("the long-row variants are CUDA kernels for rows over 1024 columns")
+        monkeypatch.setenv("GPUNET_LONG_ROWS", "registers")
     rng = np.random.default_rng(1)
     logits_host = 3 * rng.standard_normal((n, c), dtype=DTYPE)
     labels_host = rng.integers(0, c, n).astype(np.int64)

@@ -34,7 +34,7 @@ CASES = {
     "mse_grad": "MSE loss and gradient through a sigmoid output",
     "sgd_update": "SGD momentum + weight decay over the flat parameter buffer",
 }
-_IMPL_ORDER = ["gpunet", "fused", "unfused", "torch-eager", "torch-compile"]
+_IMPL_ORDER = ["gpunet", "fused", "fused-registers", "unfused", "torch-eager", "torch-compile"]
 _TIER_ORDER = ["small", "medium", "large"]
 _PEERS = ["torch-eager", "torch-compile"]
 
@@ -235,7 +235,7 @@ def _ratios(rows):
     """Per row: fused speedup over unfused, CuPy over NumPy, gpunet time over each peer's."""
     by_key = {_key(r): r for r in rows}
     for row in rows:
-        if row["impl"] == "fused":
+        if row["impl"].startswith("fused"):    # "fused", or a kernel variant of it
             paired = (row.get("paired") or {}).get("unfused")
             other = by_key.get(_key(row, impl="unfused"))
             if paired:      # alternating rounds: fused/unfused per round, inverted
@@ -328,7 +328,9 @@ def render_markdown(rows, machine_info, title="") -> str:
                "rounds. The rows of the peer and of the unfused op are their own, separate runs, "
                "taken at other moments. *Outside GEMMs* is the share of a training step not "
                "spent in its GEMMs: the step's own GEMMs (same operands and buffers) are replayed "
-               "alone in rounds alternating with the step. On a GPU, *host time to queue* is how long the "
+               "alone in rounds alternating with the step. *fused-registers* is the CUDA variant for rows over "
+               "1024 columns that keeps each row in registers (GPUNET_LONG_ROWS=registers) beside the "
+               "default, which keeps it in shared memory. On a GPU, *host time to queue* is how long the "
                "host takes to launch one call: near the median, launch overhead bounds the case.")
     out.append("")
     ceil_rows = sorted((r for r in rows if r["case"] == "ceiling"),

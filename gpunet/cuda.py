@@ -31,6 +31,7 @@ __all__ = [
     "KERNEL_TOPICS", "PRELUDE", "kernel_dir", "module_source", "kernel_sources", "kernel_names", "get_kernel", "compile_sources",
     "bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "column_sums", "sumsq",
     "sgd_update", "adam_update", "rmsprop_update", "grid_1d", "column_sums_chunks", "reduction_grid", "row_layout", "RowLayout",
+    "LONG_ROW_VARIANTS", "long_row_variant",
 ]
 
 KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "reduce", "optim")
@@ -254,11 +255,27 @@ def column_sums_chunks(rows: int, cols: int) -> tuple[int, int]:
 
 class RowLayout(NamedTuple):
     """How a row kernel of softmax_xent.cu is launched (see ``row_layout``)."""
-    kernel: str        # "warp" (one warp per row) or "block" (one block per row)
+    kernel: str        # "warp" (a warp per row), "block" or "block_regs" (a block per row)
     block: int         # threads per block
     grid: int          # blocks (capped; the kernels grid-stride over rows)
-    mode: int          # warp: register slots per lane; block: 1 = keep the row in shared memory
+    mode: int          # warp, block_regs: register slots per thread; block: 1 = row in shared memory
     shared_mem: int    # dynamic shared memory bytes per block
+
+
+LONG_ROW_VARIANTS = ("shared", "registers")
+BLOCK_REGS_THREADS = 1024               # GN_BLOCK_REGS_THREADS in softmax_xent.cu
+_BLOCK_REGS_SLOTS = (2, 4, 8, 16, 32)   # the instances of the *_block_regs kernels
+
+
+def long_row_variant() -> str:
+    """How rows longer than WARP_ROW_MAX_COLS are kept between their two passes: "shared"
+    (shared memory, else a second read; the default) or "registers" (the *_block_regs
+    kernels, up to 32768 float32 / 16384 float64 columns). ``GPUNET_LONG_ROWS`` picks; the
+    benchmark suite times both on the long-row cases."""
+    variant = os.environ.get("GPUNET_LONG_ROWS", "shared").strip().lower()
+    if variant not in LONG_ROW_VARIANTS:
+        raise ValueError(f"GPUNET_LONG_ROWS must be one of {', '.join(LONG_ROW_VARIANTS)}, got {variant!r}")
+    return variant
 
 
 _smem_optin: dict = {}
@@ -275,18 +292,26 @@ def _max_dynamic_smem() -> int:
     return _smem_optin[dev]
 
 
-def row_layout(rows: int, cols: int, itemsize: int, max_smem: int | None = None) -> RowLayout:
+def row_layout(rows: int, cols: int, itemsize: int, max_smem: int | None = None,
+               variant: str | None = None) -> RowLayout:
     """Launch layout of the row kernels for logits (rows, cols) of ``itemsize`` bytes.
 
     Rows up to WARP_ROW_MAX_COLS wide: one warp each, 8 per block, the row kept in 1, 4 or 32
-    registers per lane. Longer rows: one block each (256/512/1024 threads as the row grows),
-    the row kept in dynamic shared memory when it fits (``max_smem`` bytes, the device's
-    opt-in limit by default), else read a second time (mostly from L2).
+    registers per lane. Longer rows: one block each. ``variant`` (``long_row_variant()`` by
+    default) "registers": 1024 threads keeping the row in 2-32 registers each, where it fits;
+    otherwise, and with "shared": 256/512/1024 threads as the row grows, the row kept in
+    dynamic shared memory when it fits (``max_smem`` bytes, the device's opt-in limit by
+    default), else read a second time (mostly from L2).
     """
     if cols <= WARP_ROW_MAX_COLS:
         slots = 1 if cols <= 32 else 4 if cols <= 128 else 32
         rows_per_block = BLOCK // 32
         return RowLayout("warp", BLOCK, max(1, min(MAX_GRID_ROWS, -(-rows // rows_per_block))), slots, 0)
+    if (variant or long_row_variant()) == "registers":
+        most = 32 if itemsize <= 4 else 16     # 32 doubles a thread would spill
+        slots = next((s for s in _BLOCK_REGS_SLOTS if s <= most and s * BLOCK_REGS_THREADS >= cols), None)
+        if slots is not None:
+            return RowLayout("block_regs", BLOCK_REGS_THREADS, max(1, min(MAX_GRID_ROWS, rows)), slots, 0)
     block = 256 if cols <= 4096 else 512 if cols <= 16384 else 1024
     row_bytes = cols * itemsize
     if max_smem is None:

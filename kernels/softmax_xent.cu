@@ -118,13 +118,19 @@ __device__ __forceinline__ RowGroup row_group() {
     return g;
 }
 
+// Threads per block of the *_block_regs kernels: a compile-time stride keeps their per-slot
+// addresses out of registers.
+#define GN_BLOCK_REGS_THREADS 1024
+
 // A thread's share of one row, columns lane, lane + width, ..., read from memory once:
-// SLOTS > 0: kept in SLOTS registers (warp groups, 32 * SLOTS >= cols);
+// SLOTS > 0: kept in SLOTS registers (warp groups: 32 * SLOTS >= cols; block groups, which
+// then have GN_BLOCK_REGS_THREADS threads: GN_BLOCK_REGS_THREADS * SLOTS >= cols);
 // SLOTS == 0: kept in the block's dynamic shared memory when `cache` is set, else read
 // again in the second pass. Each thread reads back only what it wrote, so the kept copy
 // needs no barrier.
 template <typename T, bool WARP_PER_ROW, int SLOTS>
 struct RowShare {
+    static constexpr int kStride = WARP_PER_ROW ? 32 : GN_BLOCK_REGS_THREADS;  // when SLOTS > 0
     T v[SLOTS > 0 ? SLOTS : 1];
     T* cache;
 
@@ -136,8 +142,8 @@ struct RowShare {
         if (SLOTS > 0) {
             // all loads first, so that they are in flight together; padding -inf adds nothing
 #pragma unroll
-            for (int k = 0; k < SLOTS; ++k) {
-                const long long j = g.lane + (long long)k * g.width;
+            for (int k = 0; k < SLOTS; ++k) {   // a row of <= 32 * 1024 columns: int indices
+                const int j = g.lane + k * kStride;
                 v[k] = j < cols ? z[j] : neg_inf<T>();
             }
 #pragma unroll
@@ -161,7 +167,7 @@ struct RowShare {
         if (SLOTS > 0) {
 #pragma unroll
             for (int k = 0; k < SLOTS; ++k) {
-                const long long j = g.lane + (long long)k * g.width;
+                const int j = g.lane + k * kStride;
                 if (j < cols) emit(j, v[k]);
             }
         } else if (cache != nullptr) {
@@ -251,6 +257,40 @@ extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f64(
                                         row_loss);
 }
 
+// Variant for long rows: one block of GN_BLOCK_REGS_THREADS per row, the row in registers
+// (`slots` in {2, 4, 8, 16, 32} per thread, 1024 * slots >= cols), instead of shared memory. Every load of a thread's share is
+// issued before the first is used, so far more bytes are in flight per SM than the shared
+// memory variant's loop keeps (which is what a memory-bound row needs); the launcher picks
+// it with GPUNET_LONG_ROWS=registers (gpunet/cuda.py), the benchmarks time both.
+template <typename T>
+__device__ void softmax_xent_block_regs(const T* logits, const long long* labels, long long rows, long long cols,
+                                        int slots, T* grad, double* row_loss) {
+    if (blockDim.x != GN_BLOCK_REGS_THREADS) {  // a wrong launch shows as a NaN loss, not a wrong gradient
+        if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) row_loss[row] = nan_f64();
+        return;
+    }
+    switch (slots) {
+        case 2: softmax_xent_rows<T, false, 2>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        case 4: softmax_xent_rows<T, false, 4>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        case 8: softmax_xent_rows<T, false, 8>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        case 16: softmax_xent_rows<T, false, 16>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        default:  // 32 doubles a thread would spill: the launcher keeps float64 rows to 16 slots
+            if constexpr (sizeof(T) == 4) softmax_xent_rows<T, false, 32>(logits, labels, rows, cols, nullptr, grad, row_loss);
+            break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_regs_f32(
+        const float* logits, const long long* labels, long long rows, long long cols, int slots, float* grad,
+        double* row_loss) {
+    softmax_xent_block_regs<float>(logits, labels, rows, cols, slots, grad, row_loss);
+}
+extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_regs_f64(
+        const double* logits, const long long* labels, long long rows, long long cols, int slots, double* grad,
+        double* row_loss) {
+    softmax_xent_block_regs<double>(logits, labels, rows, cols, slots, grad, row_loss);
+}
+
 // ---- row-wise softmax (inference) ----------------------------------------------------------
 // out[n, j] = exp(z_nj - m_n) / sum_k exp(z_nk - m_n).   Matches NumpyBackend.softmax.
 // out may alias z. Launch as softmax_xent (softmax_warp_* / softmax_block_*).
@@ -283,6 +323,31 @@ extern "C" __global__ void __launch_bounds__(256) softmax_warp_f32(
 extern "C" __global__ void __launch_bounds__(256) softmax_warp_f64(
         const double* z, long long rows, long long cols, int slots, double* out) {
     softmax_warp<double>(z, rows, cols, slots, out);
+}
+template <typename T>
+__device__ void softmax_block_regs(const T* z, long long rows, long long cols, int slots, T* out) {
+    if (blockDim.x != GN_BLOCK_REGS_THREADS) {  // a wrong launch shows as NaN rows
+        if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) out[row * cols] = T(nan_f64());
+        return;
+    }
+    switch (slots) {
+        case 2: softmax_rows<T, false, 2>(z, rows, cols, nullptr, out); break;
+        case 4: softmax_rows<T, false, 4>(z, rows, cols, nullptr, out); break;
+        case 8: softmax_rows<T, false, 8>(z, rows, cols, nullptr, out); break;
+        case 16: softmax_rows<T, false, 16>(z, rows, cols, nullptr, out); break;
+        default:  // float32 only, as above
+            if constexpr (sizeof(T) == 4) softmax_rows<T, false, 32>(z, rows, cols, nullptr, out);
+            break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) softmax_block_regs_f32(
+        const float* z, long long rows, long long cols, int slots, float* out) {
+    softmax_block_regs<float>(z, rows, cols, slots, out);
+}
+extern "C" __global__ void __launch_bounds__(1024) softmax_block_regs_f64(
+        const double* z, long long rows, long long cols, int slots, double* out) {
+    softmax_block_regs<double>(z, rows, cols, slots, out);
 }
 extern "C" __global__ void __launch_bounds__(1024) softmax_block_f32(
         const float* z, long long rows, long long cols, int use_cache, float* out) {

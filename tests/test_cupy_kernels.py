@@ -199,6 +199,13 @@ XENT_SHAPES = [(1, 1), (5, 3), (7, 10), (3, 1000), (3, 1024), (3, 1025), (4, 409
                (WRAP_WARP_ROWS, 3), (WRAP_BLOCK_ROWS, 1100)]
 
 
+@pytest.fixture(params=cuda.LONG_ROW_VARIANTS)
+def long_rows(request, monkeypatch):
+    """Each long-row variant of the row kernels in turn (GPUNET_LONG_ROWS)."""
+    monkeypatch.setenv("GPUNET_LONG_ROWS", request.param)
+    return request.param
+
+
 def reference_xent(ref, z_host, labels_host):
     grad = np.empty_like(z_host)
     loss = ref.softmax_xent(z_host.copy(), labels_host, grad)
@@ -215,7 +222,7 @@ def assert_xent_close(loss, grad, want_loss, want_grad, dtype, rows):
 
 @pytest.mark.parametrize("shape", XENT_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_matches_reference(gpu, ref, shape, dtype, rng):
+def test_softmax_xent_matches_reference(gpu, ref, shape, dtype, rng, long_rows):
     rows, cols = shape
     z_host = draw(rng, shape, dtype, scale=4.0)
     labels_host = rng.integers(0, cols, size=rows)
@@ -229,7 +236,7 @@ def test_softmax_xent_matches_reference(gpu, ref, shape, dtype, rng):
 
 @pytest.mark.parametrize("cols", [3, 1000, 1025, 32768])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_grad_may_alias_logits(gpu, cols, dtype, rng):
+def test_softmax_xent_grad_may_alias_logits(gpu, cols, dtype, rng, long_rows):
     z_host = draw(rng, (9, cols), dtype, scale=4.0)
     labels = cupy.asarray(rng.integers(0, cols, size=9))
     separate = cupy.empty((9, cols), dtype=dtype)
@@ -242,7 +249,7 @@ def test_softmax_xent_grad_may_alias_logits(gpu, cols, dtype, rng):
 
 @pytest.mark.parametrize("cols", [4, 1000, 5000])
 @pytest.mark.parametrize("dtype, big", [(np.float32, 1e4), (np.float64, 1e4), (np.float64, 1e30)])
-def test_softmax_xent_extreme_logits(gpu, ref, cols, dtype, big, rng):
+def test_softmax_xent_extreme_logits(gpu, ref, cols, dtype, big, rng, long_rows):
     rows = 6
     z_host = (draw(rng, (rows, cols), np.float64, scale=1.0) * big / 10).astype(dtype)
     z_host[:, 0] = big
@@ -257,7 +264,7 @@ def test_softmax_xent_extreme_logits(gpu, ref, cols, dtype, big, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_is_deterministic(gpu, dtype, rng):
+def test_softmax_xent_is_deterministic(gpu, dtype, rng, long_rows):
     for shape in [(WRAP_WARP_ROWS, 10), (300, 32768)]:
         logits = cupy.asarray(draw(rng, shape, dtype, scale=4.0))
         labels = cupy.asarray(rng.integers(0, shape[1], size=shape[0]))
@@ -284,6 +291,16 @@ def test_long_rows_without_the_shared_memory_copy_agree_bitwise(gpu, monkeypatch
     assert_bitwise(gpu.softmax_xent(z, labels, reread), loss_kept)
     assert_bitwise(reread, kept)
     assert_bitwise(gpu.softmax(z), probs_kept)
+
+
+def test_register_rows_launched_wrongly_give_nan_losses(rng):
+    z = cupy.asarray(draw(rng, (5, 2000), np.float32))
+    labels = cupy.asarray(rng.integers(0, 2000, size=5))
+    grad = cupy.empty((5, 2000), np.float32)
+    row_loss = cupy.zeros(5, np.float64)
+    kernel = cuda.get_kernel("softmax_xent", "softmax_xent_block_regs_f32")
+    kernel((5,), (256,), (z, labels, np.int64(5), np.int64(2000), np.int32(2), grad, row_loss))   # not 1024
+    assert np.isnan(host(row_loss)).all()
 
 
 def test_softmax_xent_takes_other_integer_labels(gpu, rng):
@@ -324,7 +341,7 @@ SUBNORMAL_SLACK = {np.float32: 1e3 * float(np.finfo(np.float32).tiny), np.float6
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (3, 1000), (3, 1025), (2, 32768), (WRAP_WARP_ROWS, 3),
                                    (WRAP_BLOCK_ROWS, 1100)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_matches_reference(gpu, ref, shape, dtype, rng):
+def test_softmax_matches_reference(gpu, ref, shape, dtype, rng, long_rows):
     z_host = draw(rng, shape, dtype, scale=4.0)
     want = ref.softmax(z_host.copy())
     got = gpu.softmax(cupy.asarray(z_host))

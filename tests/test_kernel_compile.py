@@ -117,8 +117,9 @@ def test_compile_without_any_compiler_says_so(monkeypatch):
         cuda.compile_sources("auto")
 
 
-def test_row_layouts():
+def test_row_layouts(monkeypatch):
     """Which row kernel, block and kept copy each width gets (pure Python, no GPU)."""
+    monkeypatch.delenv("GPUNET_LONG_ROWS", raising=False)
     smem = 227 * 1024 - 1024                      # an H100's opt-in shared memory per block
     assert cuda.row_layout(10, 3, 4, smem) == cuda.RowLayout("warp", 256, 2, 1, 0)
     assert cuda.row_layout(10, 100, 8, smem).mode == 4
@@ -133,6 +134,25 @@ def test_row_layouts():
         if layout.kernel == "warp":
             assert 32 * layout.mode >= cols
         assert layout.block % 32 == 0 and layout.block <= 1024
+
+
+@pytest.mark.parametrize("cols, itemsize, slots", [(1025, 4, 2), (4097, 8, 8), (16384, 8, 16), (32768, 4, 32)])
+def test_register_rows_take_the_fewest_slots(cols, itemsize, slots):
+    layout = cuda.row_layout(37, cols, itemsize, variant="registers")
+    assert layout == cuda.RowLayout("block_regs", 1024, 37, slots, 0)
+
+
+def test_register_rows_fall_back_to_shared_memory_where_they_do_not_fit(monkeypatch):
+    # 32 doubles per thread would spill: float64 rows past 16384 columns, and any row past
+    # 32768, take the shared-memory kernel; rows up to 1024 stay with the warp kernel
+    assert cuda.row_layout(37, 16385, 8, max_smem=1 << 20, variant="registers").kernel == "block"
+    assert cuda.row_layout(37, 32769, 4, max_smem=1 << 20, variant="registers").kernel == "block"
+    assert cuda.row_layout(37, 1024, 4, variant="registers").kernel == "warp"
+    monkeypatch.setenv("GPUNET_LONG_ROWS", "registers")
+    assert cuda.row_layout(37, 5000, 4, max_smem=1 << 20).kernel == "block_regs"
+    monkeypatch.setenv("GPUNET_LONG_ROWS", "texture")
+    with pytest.raises(ValueError, match="GPUNET_LONG_ROWS must be one of shared, registers"):
+        cuda.row_layout(37, 5000, 4, max_smem=1 << 20)
 
 
 def test_reduction_layouts_depend_on_the_shape_only():
