@@ -36,6 +36,17 @@ def shift_by_row_max(z):
         return z - z.max(axis=1, keepdims=True)
 
 
+def _scaled_rows(row_values, row_scale):
+    """Per-example values (N,) times ``row_scale`` (N,), or as they are when it is None."""
+    return row_values if row_scale is None else row_values * row_scale
+
+
+def _scale_rows(rows, row_scale):
+    """Multiply each row of ``rows`` (N, K) in place by ``row_scale`` (N,) unless it is None."""
+    if row_scale is not None:
+        rows *= row_scale[:, None]
+
+
 class NumpyBackend:
     """Reference ops on NumPy arrays (also the CPU production path)."""
 
@@ -91,7 +102,10 @@ class NumpyBackend:
         from .activations import Softmax
         return Softmax().forward(self.xp, z, out=out)
 
-    def softmax_xent(self, logits, labels, grad_out):
+    # ``row_scale`` (N,), where the losses take one: each example's loss and gradient row
+    # times r_n, the mean still over N. Sample weights w become r = w * N / sum(w): the
+    # weighted mean sum(w l) / sum(w). None is r = 1, bit for bit.
+    def softmax_xent(self, logits, labels, grad_out, row_scale=None):
         """Fusable: softmax + cross-entropy + gradient from integer labels.
 
         logits (N, C), labels (N,) ints in [0, C). Writes ``(softmax(z) - e(y)) / N`` into
@@ -106,13 +120,15 @@ class NumpyBackend:
         sumexp = xp.exp(shifted).sum(axis=1, keepdims=True)
         logsumexp = xp.log(sumexp)
         # -log softmax(z)[y] = log sum exp(z - max) - (z_y - max)
-        loss = (logsumexp[:, 0] - shifted[rows, labels]).sum() / n
+        row_loss = logsumexp[:, 0] - shifted[rows, labels]
+        loss = _scaled_rows(row_loss, row_scale).sum() / n
         probs = xp.exp(shifted - logsumexp, out=grad_out)
         probs[rows, labels] -= 1.0
         probs /= n
+        _scale_rows(probs, row_scale)
         return loss
 
-    def softmax_xent_onehot(self, logits, targets, grad_out):
+    def softmax_xent_onehot(self, logits, targets, grad_out, row_scale=None):
         """As ``softmax_xent`` with one-hot (or soft) targets (N, C) whose rows sum to 1."""
         xp = self.xp
         n = logits.shape[0]
@@ -121,13 +137,15 @@ class NumpyBackend:
         logp = shifted - logsumexp
         with np.errstate(invalid="ignore"):     # 0 * log 0 (= 0 * -inf) counts as 0
             terms = targets * logp
-        loss = -xp.where(targets == 0, 0, terms).sum() / n
+        row_loss = -xp.where(targets == 0, 0, terms).sum(axis=1)
+        loss = _scaled_rows(row_loss, row_scale).sum() / n
         grad = xp.exp(logp, out=grad_out)
         grad -= targets
         grad /= n
+        _scale_rows(grad, row_scale)
         return loss
 
-    def mse_grad(self, a, targets, act, grad_out):
+    def mse_grad(self, a, targets, act, grad_out, row_scale=None):
         """Fusable: MSE loss and its gradient at the pre-activation of the output layer.
 
         a (N, K) output after activation ``act``, targets (N, K). Returns the 0-d loss
@@ -136,8 +154,11 @@ class NumpyBackend:
         """
         n = a.shape[0]
         diff = a - targets
-        loss = (diff * diff).sum() / (2 * n)
+        squares = diff * diff
+        _scale_rows(squares, row_scale)     # summed as one array: unit weights change no bit
+        loss = squares.sum() / (2 * n)
         diff /= n
+        _scale_rows(diff, row_scale)
         act.backward(self.xp, diff, a, out=grad_out)
         return loss
 

@@ -169,25 +169,32 @@ class CupyBackend(NumpyBackend):
             return super().softmax(z, out=out)
         return cuda.softmax(z, out)
 
-    def softmax_xent(self, logits, labels, grad_out):
+    def softmax_xent(self, logits, labels, grad_out, row_scale=None):
         if (not _fusable(logits, grad_out) or logits.ndim != 2 or grad_out.shape != logits.shape
                 or not isinstance(labels, cupy.ndarray) or labels.ndim != 1 or labels.dtype.kind not in "iu"
                 or labels.shape[0] != logits.shape[0] or logits.size == 0
-                or not _same_or_disjoint(logits, grad_out)):
-            return super().softmax_xent(logits, labels, grad_out)
+                or not _same_or_disjoint(logits, grad_out)
+                or (row_scale is not None and not isinstance(row_scale, cupy.ndarray))):
+            return super().softmax_xent(logits, labels, grad_out, row_scale)
         if labels.dtype != np.int64 or not labels.flags.c_contiguous:
             labels = cupy.ascontiguousarray(labels, dtype=np.int64)
         rows = logits.shape[0]
         row_loss = self._scratch("row_loss", rows)
         loss = cupy.empty((), dtype=logits.dtype)   # fresh: the caller may keep it
-        return cuda.softmax_xent(logits, labels, grad_out, row_loss, loss)
+        loss = cuda.softmax_xent(logits, labels, grad_out, row_loss, loss)
+        if row_scale is None:
+            return loss
+        # weighted examples: the kernel's per-row losses and gradient rows, scaled after it
+        grad_out *= row_scale[:, None]
+        return (row_loss @ row_scale.astype(np.float64) / rows).astype(logits.dtype)
 
-    def mse_grad(self, a, targets, act, grad_out):
+    def mse_grad(self, a, targets, act, grad_out, row_scale=None):
         kind = _kernel_kind(act)
         if (kind is None or not _fusable(a, targets, grad_out) or a.ndim != 2 or a.size == 0
-                or targets.shape != a.shape or grad_out.shape != a.shape
+                or targets.shape != a.shape or grad_out.shape != a.shape or row_scale is not None
                 or not _same_or_disjoint(a, grad_out) or cupy.may_share_memory(targets, grad_out)):
-            return super().mse_grad(a, targets, act, grad_out)
+            # weighted examples take the reference chain (the kernel sums over all elements)
+            return super().mse_grad(a, targets, act, grad_out, row_scale)
         p0, p1 = act.kernel_params
         block_sums = self._scratch("block_sums", cuda.reduction_grid(a.size))
         loss = cupy.empty((), dtype=a.dtype)

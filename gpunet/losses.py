@@ -19,11 +19,12 @@ class CrossEntropy:
     # the output layer keeps raw logits during training; softmax is folded into the loss
     needs_output_activation = False
 
-    def loss_and_delta(self, backend, out, targets, out_act, delta):
-        """out: logits (N, K); targets: int labels (N,) or one-hot (N, K). Writes delta."""
+    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None):
+        """out: logits (N, K); targets: int labels (N,) or one-hot (N, K). Writes delta.
+        ``row_scale`` (N,): per-example factors (sample weights, see NumpyBackend)."""
         if targets.ndim == 1:
-            return backend.softmax_xent(out, targets, delta)
-        return backend.softmax_xent_onehot(out, targets, delta)
+            return backend.softmax_xent(out, targets, delta, row_scale)
+        return backend.softmax_xent_onehot(out, targets, delta, row_scale)
 
 
 class MeanSquaredError:
@@ -31,9 +32,9 @@ class MeanSquaredError:
     is_classifier = False
     needs_output_activation = True
 
-    def loss_and_delta(self, backend, out, targets, out_act, delta):
+    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None):
         """out: activated output a (N, K); targets (N, K). Writes delta."""
-        return backend.mse_grad(out, targets, out_act, delta)
+        return backend.mse_grad(out, targets, out_act, delta, row_scale)
 
 
 LOSSES = {"cross_entropy": CrossEntropy, "mse": MeanSquaredError}

@@ -25,7 +25,7 @@ from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation, get
 from .backend import get_backend, to_numpy
 from .init import INITIALIZERS, initialize_weight
 from .losses import get_loss
-from .validation import (check_features, check_float_dtype, check_int, check_labels, check_real,
+from .validation import (check_features, check_float_dtype, check_int, check_labels, check_real, check_sample_weight,
                          check_targets)
 
 __all__ = ["MLP"]
@@ -40,6 +40,14 @@ class _Workspace:
     def __init__(self, backend, n, sizes, dtype):
         self.acts = [backend.empty((n, w), dtype) for w in sizes[1:]]     # A_1 .. A_L
         self.deltas = [backend.empty((n, w), dtype) for w in sizes[1:]]   # delta_1 .. delta_L
+
+
+def row_scale_from_weights(w):
+    """Per-example loss factors ``w * N / sum(w)`` from weights w (N,), host or device:
+    the batch's mean loss becomes ``sum(w l) / sum(w)``; unit weights give exactly 1. A batch
+    whose weights are all zero gets zeros (it adds nothing), without reading the sum back."""
+    total = w.sum()
+    return w * (w.shape[0] / (total + (total == 0)))   # 0 / 1 rather than 0 / 0
 
 
 class MLP:
@@ -223,16 +231,18 @@ class MLP:
                 grad_prev = be.matmul(delta, self.weights[l].T, out=ws.deltas[l - 1])
                 be.act_backward(grad_prev, ws.acts[l - 1], self.hidden_activations[l - 1])
 
-    def _loss_and_grad_device(self, x, targets, include_decay=True):
+    def _loss_and_grad_device(self, x, targets, include_decay=True, row_scale=None):
         """One batched forward + backward on backend arrays. Returns the loss as a 0-d
         backend array (no host sync) and leaves the gradient in ``flat_grads``.
 
         x (N, n_0) of the model dtype; targets: int labels (N,), one-hot (N, K) or
-        regression targets (N, K) of the model dtype.
+        regression targets (N, K) of the model dtype; row_scale (N,) of the model dtype or
+        None: per-example factors of the loss (``row_scale_from_weights``).
         """
         ws = self._workspace(x.shape[0])
         out = self._forward(x, ws, activate_output=self.loss_fn.needs_output_activation)
-        loss = self.loss_fn.loss_and_delta(self.backend, out, targets, self.output_activation, ws.deltas[-1])
+        loss = self.loss_fn.loss_and_delta(self.backend, out, targets, self.output_activation, ws.deltas[-1],
+                                           row_scale)
         self._backward(x, ws, ws.deltas[-1])
         if include_decay and self.weight_decay:
             w = self.flat_params[:self.n_weights]
@@ -277,16 +287,19 @@ class MLP:
             result[start:start + chunk.shape[0]] = out
         return result
 
-    def loss_and_grad(self, X, y):
+    def loss_and_grad(self, X, y, sample_weight=None):
         """Mean loss (plus the L2 term) and its gradient on the batch (X, y).
 
+        ``sample_weight`` (N,) makes the mean a weighted one, ``sum(w l) / sum(w)``.
         Returns ``(loss: float, [dW_1, db_1, ..., dW_L, db_L])``, the gradients new arrays
         of the backend with the shapes of ``params``.
         """
         x = self._device_features(X)
         targets = self._device_targets(self._check_targets(y, x.shape[0]))
+        weights = check_sample_weight(sample_weight, x.shape[0])
+        row_scale = None if weights is None else self.backend.asarray(row_scale_from_weights(weights), self.dtype)
         with np.errstate(over="ignore", invalid="ignore"):
-            loss = self._loss_and_grad_device(x, targets, include_decay=True)
+            loss = self._loss_and_grad_device(x, targets, include_decay=True, row_scale=row_scale)
         grads = self.flat_grads.copy()
         ws, bs = self._views(grads)
         return float(loss), [p for pair in zip(ws, bs) for p in pair]

@@ -26,7 +26,7 @@ from .backend import to_numpy, use_backend
 from .mlp import MLP
 from .optim import make_optimizer
 from .schedules import CosineDecay, EarlyStopping, LinearWarmup, Schedule
-from .validation import check_real
+from .validation import check_real, check_sample_weight
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -47,8 +47,8 @@ _PARAMETERS_DOC = """
         The optimizer (``gpunet.optim``).
     alpha : float, default 1e-4
         L2 penalty, scaled as scikit-learn does: ``(alpha / (2 * batch)) * sum ||W||^2`` added
-        to the mean loss of a batch (gpunet's ``weight_decay = alpha / batch``). Biases are
-        not penalised.
+        to the mean loss of a batch (gpunet's ``weight_decay = alpha / batch``; with sample
+        weights, ``batch`` times their mean). Biases are not penalised.
     batch_size : int or "auto", default "auto"
         Minibatch size; "auto" is ``min(200, n_samples)``.
     learning_rate_init : float, default 1e-3
@@ -206,9 +206,11 @@ class _BaseMLP(BaseEstimator):
             raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
         return getattr(self, "net_", None) is not None and (incremental or bool(self.warm_start))
 
-    def _fit_network(self, X, targets, n_outputs, *, classifier, stratify=None, incremental=False):
+    def _fit_network(self, X, targets, n_outputs, *, classifier, stratify=None, incremental=False,
+                     sample_weight=None):
         """Build (or, continuing, reuse) and train ``net_`` on X (N, d) and targets: int
         labels (N,) or floats (N, K). ``incremental``: one epoch, the optimizer kept."""
+        sample_weight = check_sample_weight(sample_weight, X.shape[0])
         hidden = self._hidden_sizes()
         act = self._activation_name()
         seed = self._seed()
@@ -239,25 +241,28 @@ class _BaseMLP(BaseEstimator):
 
         validation = None
         if early_stopping:
-            X, targets, validation = self._split_validation(X, targets, seed, stratify)
+            X, targets, sample_weight, validation = self._split_validation(X, targets, sample_weight, seed,
+                                                                           stratify)
         batch = self._batch(X.shape[0])
         monitor = ("val_accuracy" if classifier else "val_r2") if early_stopping else "loss"
         stopper = None if incremental else EarlyStopping(
             monitor=monitor, patience=self.n_iter_no_change, min_delta=self.tol,
             mode="max" if early_stopping else "min", restore_best_weights=early_stopping)
+        # scikit-learn's penalty alpha / (2 * the batch's total weight): the weight of an
+        # average batch here, so that a weight of k acts as k copies of a sample
+        batch_weight = batch if sample_weight is None else batch * float(sample_weight.mean())
         if continuing:
             net = self.net_
-            # the penalty follows this call's batch size
-            net.weight_decay = check_real("alpha", self.alpha, low=0.0) / batch
+            net.weight_decay = check_real("alpha", self.alpha, low=0.0) / batch_weight
         else:
             with self._backend_scope():
                 net = MLP(widths, activation=act, output="softmax" if classifier else "identity",
                           loss="cross_entropy" if classifier else "mse",
-                          weight_decay=float(self.alpha) / batch, dtype=self.dtype, seed=seed)
+                          weight_decay=float(self.alpha) / batch_weight, dtype=self.dtype, seed=seed)
         history = net.fit(X, targets, epochs=epochs, batch_size=batch, optimizer=optimizer,
                           schedule=schedule, clip_norm=self.clip_norm, shuffle=self.shuffle,
                           validation_data=validation, early_stopping=stopper,
-                          progress=bool(self.verbose))
+                          progress=bool(self.verbose), sample_weight=sample_weight)
         self.net_ = net
         self.history_ = dict(history)
         self.n_iter_ = (self.n_iter_ if continuing else 0) + history.epochs
@@ -282,7 +287,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"cannot continue training: the fitted network is {np.dtype(net.dtype)}, "
                              f"dtype is now {self.dtype!r}")
 
-    def _split_validation(self, X, targets, seed, stratify):
+    def _split_validation(self, X, targets, sample_weight, seed, stratify):
+        """(X, targets, sample_weight) to train on, and (X, targets) held out (unweighted)."""
         from sklearn.model_selection import train_test_split
         fraction = self.validation_fraction
         if not isinstance(fraction, numbers.Real) or not 0.0 < fraction < 1.0:
@@ -296,9 +302,12 @@ class _BaseMLP(BaseEstimator):
             # stratifying needs two members per class and a validation set that can hold them all
             if counts.min() < 2 or n_val < len(counts) or X.shape[0] - n_val < len(counts):
                 stratify = None
-        X_tr, X_val, t_tr, t_val = train_test_split(X, targets, test_size=n_val, random_state=seed,
-                                                    stratify=stratify)
-        return X_tr, t_tr, (X_val, t_val)
+        weights = np.ones(X.shape[0]) if sample_weight is None else sample_weight
+        X_tr, X_val, t_tr, t_val, w_tr, _ = train_test_split(X, targets, weights, test_size=n_val,
+                                                             random_state=seed, stratify=stratify)
+        if sample_weight is not None and not w_tr.any():
+            raise ValueError("early_stopping left only zero-weight samples to train on")
+        return X_tr, t_tr, None if sample_weight is None else w_tr, (X_val, t_val)
 
     # ---- fitted parameters as NumPy arrays ---------------------------------------------------
     @property
@@ -348,8 +357,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     sorted, and ``predict_proba`` columns follow that order.
     """
 
-    def fit(self, X, y):
-        """Train on X (n_samples, n_features) and labels y (n_samples,). Returns self."""
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n_samples, n_features) and labels y (n_samples,), each sample's loss
+        weighted by ``sample_weight`` (n_samples,) when given. Returns self."""
         continuing = self._continues(incremental=False)
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=not continuing)
         check_classification_targets(y)
@@ -362,9 +372,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              f"y holds {encoder.classes_.tolist()}")
         self.classes_ = encoder.classes_
         codes = encoder.transform(y).astype(np.int64)
-        return self._fit_network(X, codes, len(self.classes_), classifier=True, stratify=codes)
+        return self._fit_network(X, codes, len(self.classes_), classifier=True, stratify=codes,
+                                 sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over X (n_samples, n_features) and labels y, continuing from the earlier
         calls. ``classes``: every label the calls will see; required on the first call."""
         first = getattr(self, "net_", None) is None
@@ -385,7 +396,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             raise ValueError(f"y holds labels {unseen.tolist()} that are not among the classes {known.tolist()}")
         self.classes_ = known
         codes = np.searchsorted(known, y).astype(np.int64)
-        return self._fit_network(X, codes, len(known), classifier=True, incremental=True)
+        return self._fit_network(X, codes, len(known), classifier=True, incremental=True,
+                                 sample_weight=sample_weight)
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
@@ -419,15 +431,16 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     their scale is far from 1.
     """
 
-    def fit(self, X, y):
-        """Train on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_outputs)."""
-        return self._fit_regressor(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_outputs),
+        each sample's loss weighted by ``sample_weight`` (n_samples,) when given."""
+        return self._fit_regressor(X, y, sample_weight, incremental=False)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over X and y, continuing from the earlier calls (the optimizer's state too)."""
-        return self._fit_regressor(X, y, incremental=True)
+        return self._fit_regressor(X, y, sample_weight, incremental=True)
 
-    def _fit_regressor(self, X, y, *, incremental):
+    def _fit_regressor(self, X, y, sample_weight, *, incremental):
         continuing = self._continues(incremental)
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True,
                              reset=not continuing)
@@ -438,7 +451,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"y has {targets.shape[1]} outputs; the fitted network has {self.n_outputs_}")
         self._y_is_1d = y_is_1d
         self.n_outputs_ = targets.shape[1]
-        return self._fit_network(X, targets, self.n_outputs_, classifier=False, incremental=incremental)
+        return self._fit_network(X, targets, self.n_outputs_, classifier=False, incremental=incremental,
+                                 sample_weight=sample_weight)
 
     def predict(self, X):
         """Predictions (n_samples,) or (n_samples, n_outputs), as y was in ``fit`` (float64,

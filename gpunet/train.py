@@ -18,9 +18,10 @@ import time
 
 import numpy as np
 
+from .mlp import row_scale_from_weights
 from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
-from .validation import check_bool, check_int, check_real
+from .validation import check_bool, check_int, check_real, check_sample_weight
 
 __all__ = ["fit", "History", "TrainingDiverged"]
 
@@ -83,7 +84,7 @@ def _check_validation(net, validation_data):
 
 def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=False,
         clip_norm=None, validation_data=None, shuffle=True, progress=True, optimizer=None,
-        schedule=None, early_stopping=None):
+        schedule=None, early_stopping=None, sample_weight=None):
     """Train ``net`` in place and return a ``History``.
 
     X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
@@ -96,6 +97,9 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     lr per epoch or per step; ``history["lr"]`` holds the lr of each epoch's last step.
     ``early_stopping`` (True or a ``gpunet.schedules.EarlyStopping``) stops on a stalled
     per-epoch metric and restores the best epoch's parameters; see ``History``.
+    ``sample_weight`` (N,) weighs each example's loss: every batch minimises its weighted
+    mean ``sum(w l) / sum(w)``, and ``history["loss"]`` is the weighted mean over the epoch
+    (accuracy and R^2 stay unweighted, as does the validation data).
     Every argument is checked before the model is touched.
     """
     epochs = check_int("epochs", epochs, low=0)
@@ -115,6 +119,7 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     from .validation import check_features
     x_host = check_features(X, net.sizes[0], dtype=net.dtype)
     y_host = net._check_targets(y, x_host.shape[0])
+    w_host = check_sample_weight(sample_weight, x_host.shape[0])
     val = _check_validation(net, validation_data)
     schedule = as_schedule(schedule)
     base_lr = getattr(optimizer, "lr", None)
@@ -130,6 +135,8 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     bs = n if batch_size is None else min(batch_size, n)
     x_all = be.asarray(x_host, dtype=net.dtype)
     t_all = net._device_targets(y_host)
+    w_all = None if w_host is None else be.asarray(w_host, dtype=net.dtype)
+    loss_denominator = float(n if w_host is None else w_host.sum())
     metric = "accuracy" if net.is_classifier else "r2"
     history = History(loss=[], **{metric: []}, time=[])
     if val is not None:
@@ -172,8 +179,12 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
                 xb = be.take_rows(x_all, idx)
                 tb = be.take_rows(t_all, idx)
                 nb = xb.shape[0]
+                row_scale, batch_weight = None, nb
+                if w_all is not None:
+                    wb = be.take_rows(w_all, idx)
+                    row_scale, batch_weight = row_scale_from_weights(wb), wb.sum()
                 with np.errstate(over="ignore", invalid="ignore"):
-                    loss = net._loss_and_grad_device(xb, tb, include_decay=False)
+                    loss = net._loss_and_grad_device(xb, tb, include_decay=False, row_scale=row_scale)
                     gss = be.sumsq(net.flat_grads)
                     bad = bad | ~xp.isfinite(loss) | ~xp.isfinite(gss)
                     scale = 1.0
@@ -188,7 +199,7 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
                                    n_decay=net.n_weights, scale=scale, skip=bad, **lr_arg)
                     if skipped is not None:
                         skipped += bad
-                    loss_sum += loss * nb
+                    loss_sum += loss * batch_weight     # the batch's sum of (weighted) losses
                     metric_sum += _batch_metric(net, xb, tb)
             if not eager and bool(bad):
                 if skipped is not None:
@@ -196,7 +207,7 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
                 raise TrainingDiverged(
                     f"loss or gradient became non-finite during epoch {epoch + 1}; parameters are those "
                     "from before the first bad step. Try a smaller learning rate or clip_norm.")
-            record = {"loss": float(loss_sum) / n}
+            record = {"loss": float(loss_sum) / loss_denominator}
             if net.is_classifier:
                 record[metric] = float(metric_sum) / n
             else:

@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 __all__ = ["check_real", "check_int", "check_bool", "check_float_dtype", "as_host_array",
-           "check_features", "check_labels", "check_targets"]
+           "check_features", "check_labels", "check_targets", "check_sample_weight"]
 
 
 def check_real(name, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
@@ -137,4 +137,24 @@ def check_targets(y, n_examples: int, n_outputs: int, name="y", dtype=None) -> n
     if arr.shape[1] != n_outputs:
         raise ValueError(f"{name} has {arr.shape[1]} columns but the network has {n_outputs} outputs")
     _check_finite(name, arr, dtype)
+    return arr.astype(np.float64)
+
+
+def check_sample_weight(w, n_examples: int, name="sample_weight") -> np.ndarray | None:
+    """Per-example weights (N,): real, finite, >= 0 and not all zero. None stays None
+    (every example weighs the same). Returns float64 (N,)."""
+    if w is None:
+        return None
+    arr = as_host_array(name, w)
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} holds booleans; pass non-negative numbers")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one weight per example), got shape {arr.shape}")
+    if arr.shape[0] != n_examples:
+        raise ValueError(f"X has {n_examples} examples but {name} has {arr.shape[0]}")
+    _check_finite(name, arr)
+    if (arr < 0).any():
+        raise ValueError(f"{name} has {int((arr < 0).sum())} negative weight(s); weights must be >= 0")
+    if not arr.any():
+        raise ValueError(f"{name} is all zeros: no example would count")
     return arr.astype(np.float64)

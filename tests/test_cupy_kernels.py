@@ -234,6 +234,21 @@ def test_softmax_xent_matches_reference(gpu, ref, shape, dtype, rng, long_rows):
     np.testing.assert_array_equal(host(logits), z_host)   # logits untouched when not aliased
 
 
+@pytest.mark.parametrize("shape", [(7, 10), (3, 1025), (4, 32768), (WRAP_WARP_ROWS, 3)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_with_row_scale_matches_reference(gpu, ref, shape, dtype, rng, long_rows):
+    """Weighted examples: the kernel's per-row losses and gradient rows, scaled after it."""
+    rows, cols = shape
+    z_host = draw(rng, shape, dtype, scale=4.0)
+    labels_host = rng.integers(0, cols, size=rows)
+    scale_host = (rng.random(rows) * 2).astype(dtype)
+    want_grad = np.empty_like(z_host)
+    want_loss = float(ref.softmax_xent(z_host.copy(), labels_host, want_grad, scale_host))
+    grad = cupy.empty(shape, dtype=dtype)
+    loss = gpu.softmax_xent(cupy.asarray(z_host), cupy.asarray(labels_host), grad, cupy.asarray(scale_host))
+    assert_xent_close(loss, grad, want_loss, want_grad, dtype, rows)
+
+
 @pytest.mark.parametrize("cols", [3, 1000, 1025, 32768])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_xent_grad_may_alias_logits(gpu, cols, dtype, rng, long_rows):
