@@ -16,6 +16,7 @@ None of them reads anything back from the device.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -31,7 +32,7 @@ __all__ = [
     "KERNEL_TOPICS", "PRELUDE", "kernel_dir", "module_source", "kernel_sources", "kernel_names", "get_kernel", "compile_sources",
     "bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "column_sums", "sumsq",
     "sgd_update", "adam_update", "rmsprop_update", "grid_1d", "column_sums_chunks", "reduction_grid", "row_layout", "RowLayout",
-    "LONG_ROW_VARIANTS", "long_row_variant",
+    "LONG_ROW_VARIANTS", "long_row_variant", "long_rows",
 ]
 
 KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "reduce", "optim")
@@ -267,15 +268,33 @@ BLOCK_REGS_THREADS = 1024               # GN_BLOCK_REGS_THREADS in softmax_xent.
 _BLOCK_REGS_SLOTS = (2, 4, 8, 16, 32)   # the instances of the *_block_regs kernels
 
 
+_long_rows_override: list = []
+
+
 def long_row_variant() -> str:
     """How rows longer than WARP_ROW_MAX_COLS are kept between their two passes: "shared"
     (shared memory, else a second read; the default) or "registers" (the *_block_regs
-    kernels, up to 32768 float32 / 16384 float64 columns). ``GPUNET_LONG_ROWS`` picks; the
-    benchmark suite times both on the long-row cases."""
+    kernels, up to 32768 float32 / 16384 float64 columns). ``GPUNET_LONG_ROWS`` picks (or,
+    inside it, ``long_rows``); the benchmark suite times both on the long-row cases."""
+    if _long_rows_override:
+        return _long_rows_override[-1]
     variant = os.environ.get("GPUNET_LONG_ROWS", "shared").strip().lower()
     if variant not in LONG_ROW_VARIANTS:
         raise ValueError(f"GPUNET_LONG_ROWS must be one of {', '.join(LONG_ROW_VARIANTS)}, got {variant!r}")
     return variant
+
+
+@contextlib.contextmanager
+def long_rows(variant: str):
+    """Within the block, rows over WARP_ROW_MAX_COLS columns take ``variant`` ("shared" or
+    "registers"), whatever ``GPUNET_LONG_ROWS`` says."""
+    if variant not in LONG_ROW_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(LONG_ROW_VARIANTS)}, got {variant!r}")
+    _long_rows_override.append(variant)
+    try:
+        yield
+    finally:
+        _long_rows_override.pop()
 
 
 _smem_optin: dict = {}

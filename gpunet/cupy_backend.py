@@ -316,16 +316,20 @@ def parity_check(seed: int = 0) -> list[dict]:
             a = ref.bias_act(z.copy(), b, act)
             record(f"act_backward[{act!r}]", dtype, gpu.act_backward(cupy.asarray(g), cupy.asarray(a), act),
                    ref.act_backward(g.copy(), a, act))
-        for cols in (10, 3000):
+        # a warp per row, then both kernels for long rows (shared memory, registers)
+        for cols, variant in ((10, None), (3000, "shared"), (3000, "registers")):
             logits = rng.normal(scale=5.0, size=(53, cols)).astype(dtype)
             labels = rng.integers(0, cols, size=53)
             grad_ref = np.empty_like(logits)
             loss_ref = ref.softmax_xent(logits, labels, grad_ref)
-            grad_gpu = cupy.empty(logits.shape, dtype=dtype)
-            loss_gpu = gpu.softmax_xent(cupy.asarray(logits), cupy.asarray(labels), grad_gpu)
-            record(f"softmax_xent loss [53x{cols}]", dtype, loss_gpu, loss_ref)
-            record(f"softmax_xent grad [53x{cols}]", dtype, grad_gpu, grad_ref)
-            record(f"softmax [53x{cols}]", dtype, gpu.softmax(cupy.asarray(logits)), ref.softmax(logits))
+            label = f"53x{cols}" + (f" {variant}" if variant else "")
+            with cuda.long_rows(variant or "shared"):
+                grad_gpu = cupy.empty(logits.shape, dtype=dtype)
+                loss_gpu = gpu.softmax_xent(cupy.asarray(logits), cupy.asarray(labels), grad_gpu)
+                probs_gpu = gpu.softmax(cupy.asarray(logits))
+            record(f"softmax_xent loss [{label}]", dtype, loss_gpu, loss_ref)
+            record(f"softmax_xent grad [{label}]", dtype, grad_gpu, grad_ref)
+            record(f"softmax [{label}]", dtype, probs_gpu, ref.softmax(logits))
         a = rng.uniform(0.05, 0.95, size=(61, 7)).astype(dtype)
         y = rng.normal(size=a.shape).astype(dtype)
         for act in (Identity(), Sigmoid(), Tanh()):

@@ -2,8 +2,9 @@
 //
 // Each row of logits z (rows, cols) is handled by one "row group": a warp when the row is
 // short (cols <= 1024, 8 rows per 256-thread block: the *_warp kernels), a whole block when
-// it is long (the *_block kernels). A group reads its row once from memory, keeping each
-// thread's share of it (registers for a warp, dynamic shared memory for a block), with an
+// it is long (the *_block kernels, or the *_block_regs variant further down). A group reads
+// its row once from memory, keeping each thread's share of it (registers for a warp and
+// for *_block_regs, dynamic shared memory for *_block), with an
 // online running max m and sum s = sum exp(z - m) per thread (rescaled when m grows),
 // merges those pairs across the group in a fixed tree order (shuffles, then shared memory
 // in warp order), and writes the outputs from the kept copy. A row too long for shared

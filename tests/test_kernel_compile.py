@@ -155,6 +155,19 @@ def test_register_rows_fall_back_to_shared_memory_where_they_do_not_fit(monkeypa
         cuda.row_layout(37, 5000, 4, max_smem=1 << 20)
 
 
+def test_long_rows_context_overrides_the_environment(monkeypatch):
+    monkeypatch.setenv("GPUNET_LONG_ROWS", "registers")
+    with cuda.long_rows("shared"):
+        assert cuda.long_row_variant() == "shared"
+        with cuda.long_rows("registers"):
+            assert cuda.row_layout(5, 3000, 4, max_smem=1 << 20).kernel == "block_regs"
+        assert cuda.row_layout(5, 3000, 4, max_smem=1 << 20).kernel == "block"
+    assert cuda.long_row_variant() == "registers"
+    with pytest.raises(ValueError, match="variant must be one of shared, registers"):
+        with cuda.long_rows("texture"):
+            pass
+
+
 def test_reduction_layouts_depend_on_the_shape_only():
     assert cuda.reduction_grid(1) == 1
     assert cuda.reduction_grid(10**9) == cuda.MAX_REDUCTION_BLOCKS
