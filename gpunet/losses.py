@@ -7,10 +7,21 @@ output layer's pre-activation ``z_L`` (N, K), which is where the recursion of se
 - ``cross_entropy`` with a softmax output: ``delta_L = (softmax(z) - e(y)) / N``, the
   ``f(x) - e(y)`` of seed 000, computed from the logits in one fused op.
 - ``mse``: ``L = 1/(2N) sum (a - y)^2`` (seed 003), ``delta_L = ((a - y) / N) * f'(z)``.
+
+With per-example weights each example's term is scaled (``row_scale_from_weights``).
 """
 from __future__ import annotations
 
-__all__ = ["CrossEntropy", "MeanSquaredError", "LOSSES", "get_loss"]
+__all__ = ["CrossEntropy", "MeanSquaredError", "LOSSES", "get_loss", "row_scale_from_weights"]
+
+
+def row_scale_from_weights(w):
+    """The ``row_scale`` the losses take, ``w * N / sum(w)``, from per-example weights w
+    (N,), host or device: the batch's mean loss becomes ``sum(w l) / sum(w)``; unit weights
+    give exactly 1. A batch whose weights are all zero gets zeros (it adds nothing),
+    without reading the sum back."""
+    total = w.sum()
+    return w * (w.shape[0] / (total + (total == 0)))   # 0 / 1 rather than 0 / 0
 
 
 class CrossEntropy:

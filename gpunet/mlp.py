@@ -24,7 +24,7 @@ import numpy as np
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation, get_activation
 from .backend import get_backend, to_numpy
 from .init import INITIALIZERS, initialize_weight
-from .losses import get_loss
+from .losses import get_loss, row_scale_from_weights
 from .validation import (check_features, check_float_dtype, check_int, check_labels, check_real, check_sample_weight,
                          check_targets)
 
@@ -40,14 +40,6 @@ class _Workspace:
     def __init__(self, backend, n, sizes, dtype):
         self.acts = [backend.empty((n, w), dtype) for w in sizes[1:]]     # A_1 .. A_L
         self.deltas = [backend.empty((n, w), dtype) for w in sizes[1:]]   # delta_1 .. delta_L
-
-
-def row_scale_from_weights(w):
-    """Per-example loss factors ``w * N / sum(w)`` from weights w (N,), host or device:
-    the batch's mean loss becomes ``sum(w l) / sum(w)``; unit weights give exactly 1. A batch
-    whose weights are all zero gets zeros (it adds nothing), without reading the sum back."""
-    total = w.sum()
-    return w * (w.shape[0] / (total + (total == 0)))   # 0 / 1 rather than 0 / 0
 
 
 class MLP:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .mlp import row_scale_from_weights
+from .losses import row_scale_from_weights
 from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
 from .validation import check_bool, check_int, check_real, check_sample_weight
@@ -120,6 +120,9 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     x_host = check_features(X, net.sizes[0], dtype=net.dtype)
     y_host = net._check_targets(y, x_host.shape[0])
     w_host = check_sample_weight(sample_weight, x_host.shape[0])
+    if w_host is not None:
+        # only ratios matter: at most 1, so no batch sum overflows a float32 model
+        w_host = w_host / w_host.max()
     val = _check_validation(net, validation_data)
     schedule = as_schedule(schedule)
     base_lr = getattr(optimizer, "lr", None)

@@ -61,6 +61,15 @@ def test_unit_weights_change_nothing_bit_for_bit(backend, rng, kind, dtype):
         assert h0["loss"] == h1["loss"]
 
 
+def test_huge_equal_weights_in_float32_train_as_no_weights(backend, rng):
+    # 1e38 each: a batch's sum would overflow float32 if fit did not use their ratios only
+    X, y, head = _problem(rng, "labels")
+    nets = [gn.MLP([5, 8, 3], dtype="float32", seed=8, **head) for _ in range(2)]
+    nets[0].fit(X, y, epochs=2, batch_size=8, lr=0.1, progress=False)
+    nets[1].fit(X, y, epochs=2, batch_size=8, lr=0.1, progress=False, sample_weight=np.full(len(X), 1e38))
+    np.testing.assert_array_equal(flat(nets[0]), flat(nets[1]))
+
+
 def test_the_scale_of_the_weights_does_not_matter(backend, rng):
     X, y, head = _problem(rng, "labels")
     w = rng.random(len(X)) + 0.1
