@@ -370,10 +370,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if continuing and not np.array_equal(encoder.classes_, self.classes_):
             raise ValueError(f"warm_start needs the classes of the earlier fit, {self.classes_.tolist()}; "
                              f"y holds {encoder.classes_.tolist()}")
-        self.classes_ = encoder.classes_
         codes = encoder.transform(y).astype(np.int64)
-        return self._fit_network(X, codes, len(self.classes_), classifier=True, stratify=codes,
-                                 sample_weight=sample_weight)
+        self._fit_network(X, codes, len(encoder.classes_), classifier=True, stratify=codes,
+                          sample_weight=sample_weight)
+        self.classes_ = encoder.classes_    # only once trained: a refused fit leaves the model whole
+        return self
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over X (n_samples, n_features) and labels y, continuing from the earlier
@@ -394,10 +395,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         unseen = np.setdiff1d(y, known)
         if unseen.size:
             raise ValueError(f"y holds labels {unseen.tolist()} that are not among the classes {known.tolist()}")
-        self.classes_ = known
         codes = np.searchsorted(known, y).astype(np.int64)
-        return self._fit_network(X, codes, len(known), classifier=True, incremental=True,
-                                 sample_weight=sample_weight)
+        self._fit_network(X, codes, len(known), classifier=True, incremental=True, sample_weight=sample_weight)
+        self.classes_ = known
+        return self
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
@@ -449,10 +450,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         targets = targets.reshape(targets.shape[0], -1)
         if continuing and targets.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {targets.shape[1]} outputs; the fitted network has {self.n_outputs_}")
-        self._y_is_1d = y_is_1d
-        self.n_outputs_ = targets.shape[1]
-        return self._fit_network(X, targets, self.n_outputs_, classifier=False, incremental=incremental,
-                                 sample_weight=sample_weight)
+        self._fit_network(X, targets, targets.shape[1], classifier=False, incremental=incremental,
+                          sample_weight=sample_weight)
+        self._y_is_1d, self.n_outputs_ = y_is_1d, targets.shape[1]
+        return self
 
     def predict(self, X):
         """Predictions (n_samples,) or (n_samples, n_outputs), as y was in ``fit`` (float64,

@@ -296,3 +296,20 @@ def test_sample_weight_reaches_partial_fit_and_early_stopping():
     assert not np.array_equal(clf2.coefs_[0], unweighted.coefs_[0])
     with pytest.raises(ValueError, match="sample_weight"):
         clf2.partial_fit(X / 16, y, sample_weight=w[:-1])
+
+
+def test_a_refused_fit_leaves_the_fitted_model_whole():
+    X, y = _digits(200)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X / 16, y)
+    classes, coefs = clf.classes_.copy(), clf.coefs_
+    few = y < 3
+    with pytest.raises(ValueError, match="sample_weight"):
+        clf.fit(X[few] / 16, y[few], sample_weight=-np.ones(few.sum()))
+    np.testing.assert_array_equal(clf.classes_, classes)
+    np.testing.assert_array_equal(clf.predict(X / 16), classes[np.argmax(clf.predict_proba(X / 16), axis=1)])
+    for before, after in zip(coefs, clf.coefs_):
+        np.testing.assert_array_equal(before, after)
+    reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="sample_weight"):
+        reg.fit(X, np.stack([y, y], axis=1).astype(float), sample_weight=np.zeros(len(y)))
+    assert reg.n_outputs_ == 1 and reg.predict(X).shape == (len(y),)
