@@ -107,9 +107,8 @@ def test_train_step(benchmark, measure, request, backend, size, impl):
     if impl == "gpunet":
         step, sync = _gpunet_step(backend, size)
         # the peers that work here alternate with gpunet round by round: the ratio to the
-        # peer then comes from the same moments of a noisy machine. So do the step's own
-        # GEMMs replayed alone: their share is what the step spends outside them
-        partners = [("gemms", _gemms_of(backend, step), sync)]
+        # peer then comes from the same moments of a noisy machine
+        partners = []
         for peer in TORCH_IMPLS:
             built = _torch_step(backend.name, size, peer == "torch-compile", _smoke(request))
             if not isinstance(built, str):
@@ -122,6 +121,16 @@ def test_train_step(benchmark, measure, request, backend, size, impl):
         (step, sync), partners, name = built, (), "torch"
     _describe(benchmark, "mlp_train_step", impl, name, device, size, mlp_step_flops(size.widths, size.batch))
     measure(step, sync=sync, partners=partners)
+
+
+@pytest.mark.parametrize("size", params_of(MLP_SIZES))
+def test_train_step_outside_gemms(benchmark, measure, backend, size):
+    """The step alternating with its own GEMMs replayed alone (nothing else in between, so
+    both find the caches the other left): the share of the step spent outside its GEMMs."""
+    step, sync = _gpunet_step(backend, size)
+    _describe(benchmark, "mlp_step_gemms", "gpunet", backend.name, _device(backend), size,
+              mlp_step_flops(size.widths, size.batch))
+    measure(step, sync=sync, partners=[("gemms", _gemms_of(backend, step), sync)])
 
 
 def _smoke(request):

@@ -23,6 +23,7 @@ __all__ = ["add_arguments", "run", "main", "find_suite", "load_rows", "render_ma
 # the order and one-line meaning of the cases in the report
 CASES = {
     "mlp_train_step": "whole training step: forward, loss, backward, SGD momentum update",
+    "mlp_step_gemms": "the training step alternating with its own GEMMs replayed alone",
     "mlp_forward": "forward pass to the logits",
     "mlp_backward": "backward pass from delta_L to every gradient",
     "epoch_digits": "one epoch of fit() on digits (64-256-10, batch 32, SGD momentum)",
@@ -326,9 +327,9 @@ def render_markdown(rows, machine_info, title="") -> str:
                "per-round ratios from rounds that alternate the two (A B A B), so they compare the "
                "same moments of a shared machine; in brackets, the other side's median in those "
                "rounds. The rows of the peer and of the unfused op are their own, separate runs, "
-               "taken at other moments. *Outside GEMMs* is the share of a training step not "
-               "spent in its GEMMs: the step's own GEMMs (same operands and buffers) are replayed "
-               "alone in rounds alternating with the step. *fused-registers* is the CUDA variant for rows over "
+               "taken at other moments. *Outside GEMMs* (mlp_step_gemms) is the share of a training "
+               "step not spent in its GEMMs: the step's own GEMMs (same operands and buffers) are "
+               "replayed alone in rounds alternating with the step and nothing else. *fused-registers* is the CUDA variant for rows over "
                "1024 columns that keeps each row in registers (GPUNET_LONG_ROWS=registers) beside the "
                "default, which keeps it in shared memory. On a GPU, *host time to queue* is how long the "
                "host takes to launch one call: near the median, launch overhead bounds the case.")
@@ -408,13 +409,15 @@ def _machine_line(machine_info) -> str:
 def _summary(rows) -> str:
     """The headline: train step against the matmul ceiling and against PyTorch."""
     lines = []
+    outside = {(r["backend"], r["size"]): r["outside_gemms"] for r in rows
+               if r["case"] == "mlp_step_gemms" and "outside_gemms" in r}
     for row in sorted((r for r in rows if r["case"] == "mlp_train_step" and r["impl"] == "gpunet"), key=_sort_key):
         bits = [f"{row['backend']} {row['size']} ({row['shape']}): {fmt_time(row['median'])}, "
                 f"{fmt_rate(row)}"]
         if row["fraction"] is not None:
             bits.append(f"{_pct(row['fraction'])} of the matmul ceiling (floor {fmt_time(row['floor'])})")
-        if "outside_gemms" in row:
-            bits.append(f"{_pct(row['outside_gemms'])} of it outside the GEMMs")
+        if (row["backend"], row["size"]) in outside:
+            bits.append(f"{_pct(outside[row['backend'], row['size']])} of it outside the GEMMs")
         for peer in _PEERS:
             if f"vs_{peer}" in row:
                 bits.append(f"{_x(row[f'vs_{peer}'])}x the time of PyTorch {peer.split('-')[1]}")

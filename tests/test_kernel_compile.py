@@ -139,7 +139,7 @@ def test_row_layouts(monkeypatch):
 @pytest.mark.parametrize("cols, itemsize, slots", [(1025, 4, 2), (4097, 8, 8), (16384, 8, 16), (32768, 4, 32)])
 def test_register_rows_take_the_fewest_slots(cols, itemsize, slots):
     layout = cuda.row_layout(37, cols, itemsize, variant="registers")
-    assert layout == cuda.RowLayout("block_regs", 1024, 37, slots, 0)
+    assert layout == cuda.RowLayout("block_regs", 1024, min(cuda.MAX_GRID_ROWS, 37), slots, 0)
 
 
 def test_register_rows_fall_back_to_shared_memory_where_they_do_not_fit(monkeypatch):
