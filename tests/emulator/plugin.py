@@ -12,8 +12,8 @@ tests wrap the grid-stride loops. Tests that need CuPy itself (its memory pool, 
 subprocess) carry the ``real_cupy`` marker and are skipped here. ``cupyx.allow_synchronize``
 is there too: with it off, reading a device value on the host raises, as on a GPU; and
 ``launch_counts()`` tells how many kernels a piece of code launches. Device buffers made by
-``empty``, ``zeros``, ``full`` and ``asarray`` have guard bytes on either side, checked after
-every launch that was handed them, and ``empty`` floats start as NaN (stale memory).
+``empty``, ``zeros``, ``full`` and ``asarray`` have guard bytes on either side (NaN if read),
+checked after every launch that was handed them, and ``empty`` floats start as NaN (stale memory).
 
 What it cannot show: speed, races between blocks (blocks run one after another), the
 device's math library and contraction, and anything about CuPy, cuBLAS or the driver.
@@ -156,7 +156,7 @@ def _device_function(fn):
 
 # ---- device memory: guard bytes around each buffer, uninitialised memory poisoned ---------
 _GUARD = 64                       # bytes each side (keeps 64-byte alignment)
-_GUARD_BYTE = 0xA5
+_GUARD_BYTE = 0xFF                 # NaN as a float, -1 as an int: a read past the end shows too
 _GUARDED = weakref.WeakValueDictionary()   # id -> the raw byte buffers behind device arrays
 
 
