@@ -12,7 +12,7 @@ tests wrap the grid-stride loops. Tests that need CuPy itself (its memory pool, 
 subprocess) carry the ``real_cupy`` marker and are skipped here. ``cupyx.allow_synchronize``
 is there too: with it off, reading a device value on the host raises, as on a GPU; and
 ``launch_counts()`` tells how many kernels a piece of code launches. Device buffers made by
-``empty``, ``zeros``, ``full`` and ``asarray`` have guard bytes on either side (NaN if read),
+``empty``, ``zeros``, ``full`` and ``asarray`` have guard bytes on either side (signalling NaNs in float buffers),
 checked after every launch that was handed them, and ``empty`` floats start as NaN (stale memory).
 
 What it cannot show: speed, races between blocks (blocks run one after another), the
@@ -156,8 +156,19 @@ def _device_function(fn):
 
 # ---- device memory: guard bytes around each buffer, uninitialised memory poisoned ---------
 _GUARD = 64                       # bytes each side (keeps 64-byte alignment)
-_GUARD_BYTE = 0xFF                 # NaN as a float, -1 as an int: a read past the end shows too
+# Signalling NaNs for float buffers: a read past the end turns into a NaN in the results,
+# and no arithmetic writes these bytes back (it would quiet the NaN); other dtypes get 0xA5.
+_GUARD_WORDS = {np.dtype(np.float32): np.array(0x7FA5A5A5, np.uint32),
+                np.dtype(np.float64): np.array(0x7FF4A5A5A5A5A5A5, np.uint64)}
 _GUARDED = weakref.WeakValueDictionary()   # id -> the raw byte buffers behind device arrays
+_GUARD_PATTERN: dict = {}                  # id -> the guard bytes that buffer was given
+
+
+def _guard_bytes(dtype) -> np.ndarray:
+    word = _GUARD_WORDS.get(np.dtype(dtype))
+    if word is None:
+        return np.full(_GUARD, 0xA5, dtype=np.uint8)
+    return np.tile(word.reshape(1).view(np.uint8), _GUARD // word.itemsize)
 
 
 def _device_empty(shape, dtype=np.float64, poison=True):
@@ -167,11 +178,14 @@ def _device_empty(shape, dtype=np.float64, poison=True):
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + 2 * _GUARD, dtype=np.uint8)
-    raw[:_GUARD] = raw[len(raw) - _GUARD:] = _GUARD_BYTE
+    guard = _guard_bytes(dtype)
+    raw[:_GUARD] = raw[len(raw) - _GUARD:] = guard
     body = raw[_GUARD:_GUARD + nbytes]
     if poison and dtype.kind in "fc":
         body[...] = 0xFF
     _GUARDED[id(raw)] = raw
+    _GUARD_PATTERN[id(raw)] = guard
+    weakref.finalize(raw, _GUARD_PATTERN.pop, id(raw), None)
     return _allocated(body.view(dtype).reshape(shape).view(DeviceArray))
 
 
@@ -182,7 +196,8 @@ def _guards_intact(arr) -> bool:
         base = base.base
     if base is None:
         return True
-    return bool((base[:_GUARD] == _GUARD_BYTE).all() and (base[len(base) - _GUARD:] == _GUARD_BYTE).all())
+    guard = _GUARD_PATTERN[id(base)]
+    return bool((base[:_GUARD] == guard).all() and (base[len(base) - _GUARD:] == guard).all())
 
 
 def _check_guards(kernel, args):
