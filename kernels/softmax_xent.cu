@@ -259,14 +259,16 @@ extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f64(
 }
 
 // Variant for long rows: one block of GN_BLOCK_REGS_THREADS per row, the row in registers
-// (`slots` in {2, 4, 8, 16, 32} per thread, 1024 * slots >= cols), instead of shared memory. Every load of a thread's share is
-// issued before the first is used, so far more bytes are in flight per SM than the shared
-// memory variant's loop keeps (which is what a memory-bound row needs); the launcher picks
-// it with GPUNET_LONG_ROWS=registers (gpunet/cuda.py), the benchmarks time both.
+// (`slots` in {2, 4, 8, 16, 32} per thread, 1024 * slots >= cols) instead of shared memory.
+// Every load of a thread's share is issued before the first is used, so far more bytes are
+// in flight per SM than the shared-memory loop keeps (what a memory-bound row needs); the
+// launcher picks it with GPUNET_LONG_ROWS=registers (gpunet/cuda.py), the benchmarks time
+// both. 32 doubles a thread would spill: float64 has at most 16 slots.
 template <typename T>
 __device__ void softmax_xent_block_regs(const T* logits, const long long* labels, long long rows, long long cols,
                                         int slots, T* grad, double* row_loss) {
-    if (blockDim.x != GN_BLOCK_REGS_THREADS) {  // a wrong launch shows as a NaN loss, not a wrong gradient
+    const bool fits = slots == 2 || slots == 4 || slots == 8 || slots == 16 || (slots == 32 && sizeof(T) == 4);
+    if (blockDim.x != GN_BLOCK_REGS_THREADS || !fits) {  // a wrong launch shows as NaN losses
         if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) row_loss[row] = nan_f64();
         return;
     }
@@ -275,7 +277,7 @@ __device__ void softmax_xent_block_regs(const T* logits, const long long* labels
         case 4: softmax_xent_rows<T, false, 4>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
         case 8: softmax_xent_rows<T, false, 8>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
         case 16: softmax_xent_rows<T, false, 16>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        default:  // 32 doubles a thread would spill: the launcher keeps float64 rows to 16 slots
+        default:
             if constexpr (sizeof(T) == 4) softmax_xent_rows<T, false, 32>(logits, labels, rows, cols, nullptr, grad, row_loss);
             break;
     }
@@ -327,7 +329,8 @@ extern "C" __global__ void __launch_bounds__(256) softmax_warp_f64(
 }
 template <typename T>
 __device__ void softmax_block_regs(const T* z, long long rows, long long cols, int slots, T* out) {
-    if (blockDim.x != GN_BLOCK_REGS_THREADS) {  // a wrong launch shows as NaN rows
+    const bool fits = slots == 2 || slots == 4 || slots == 8 || slots == 16 || (slots == 32 && sizeof(T) == 4);
+    if (blockDim.x != GN_BLOCK_REGS_THREADS || !fits) {  // a wrong launch shows as NaN rows
         if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) out[row * cols] = T(nan_f64());
         return;
     }
@@ -336,7 +339,7 @@ __device__ void softmax_block_regs(const T* z, long long rows, long long cols, i
         case 4: softmax_rows<T, false, 4>(z, rows, cols, nullptr, out); break;
         case 8: softmax_rows<T, false, 8>(z, rows, cols, nullptr, out); break;
         case 16: softmax_rows<T, false, 16>(z, rows, cols, nullptr, out); break;
-        default:  // float32 only, as above
+        default:
             if constexpr (sizeof(T) == 4) softmax_rows<T, false, 32>(z, rows, cols, nullptr, out);
             break;
     }

@@ -316,6 +316,11 @@ def test_register_rows_launched_wrongly_give_nan_losses(rng):
     kernel = cuda.get_kernel("softmax_xent", "softmax_xent_block_regs_f32")
     kernel((5,), (256,), (z, labels, np.int64(5), np.int64(2000), np.int32(2), grad, row_loss))   # not 1024
     assert np.isnan(host(row_loss)).all()
+    row_loss[...] = 0      # 32 doubles per thread is not an instance: NaN losses too
+    z64 = z.astype(np.float64)
+    kernel64 = cuda.get_kernel("softmax_xent", "softmax_xent_block_regs_f64")
+    kernel64((5,), (1024,), (z64, labels, np.int64(5), np.int64(2000), np.int32(32), z64.copy(), row_loss))
+    assert np.isnan(host(row_loss)).all()
 
 
 def test_softmax_xent_takes_other_integer_labels(gpu, rng):
