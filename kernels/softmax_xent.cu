@@ -264,11 +264,18 @@ extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f64(
 // in flight per SM than the shared-memory loop keeps (what a memory-bound row needs); the
 // launcher picks it with GPUNET_LONG_ROWS=registers (gpunet/cuda.py), the benchmarks time
 // both. 32 doubles a thread would spill: float64 has at most 16 slots.
+// Whether a *_block_regs launch is one the launcher makes: GN_BLOCK_REGS_THREADS threads
+// and a slot count with an instance (32 only for float).
+template <typename T>
+__device__ __forceinline__ bool block_regs_launch_ok(int slots) {
+    return blockDim.x == GN_BLOCK_REGS_THREADS &&
+           (slots == 2 || slots == 4 || slots == 8 || slots == 16 || (slots == 32 && sizeof(T) == 4));
+}
+
 template <typename T>
 __device__ void softmax_xent_block_regs(const T* logits, const long long* labels, long long rows, long long cols,
                                         int slots, T* grad, double* row_loss) {
-    const bool fits = slots == 2 || slots == 4 || slots == 8 || slots == 16 || (slots == 32 && sizeof(T) == 4);
-    if (blockDim.x != GN_BLOCK_REGS_THREADS || !fits) {  // a wrong launch shows as NaN losses
+    if (!block_regs_launch_ok<T>(slots)) {  // a wrong launch shows as NaN losses
         if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) row_loss[row] = nan_f64();
         return;
     }
@@ -329,8 +336,7 @@ extern "C" __global__ void __launch_bounds__(256) softmax_warp_f64(
 }
 template <typename T>
 __device__ void softmax_block_regs(const T* z, long long rows, long long cols, int slots, T* out) {
-    const bool fits = slots == 2 || slots == 4 || slots == 8 || slots == 16 || (slots == 32 && sizeof(T) == 4);
-    if (blockDim.x != GN_BLOCK_REGS_THREADS || !fits) {  // a wrong launch shows as NaN rows
+    if (!block_regs_launch_ok<T>(slots)) {  // a wrong launch shows as NaN rows
         if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) out[row * cols] = T(nan_f64());
         return;
     }
