@@ -11,6 +11,16 @@ from gpunet.backend import gpu_status
 GPU_OK, GPU_WHY = gpu_status()
 BACKENDS = ["numpy"] + (["cupy"] if GPU_OK else [])
 DTYPES = ["float32", "float64"]
+# every element-wise activation the kernels implement, parameters off their defaults too
+ELEMENTWISE_ACTIVATIONS = {
+    "identity": gn.Identity(),
+    "sigmoid": gn.Sigmoid(),
+    "scaled_sigmoid": gn.Sigmoid(c=1.7, beta=0.6),
+    "tanh": gn.Tanh(),
+    "relu": gn.ReLU(),
+    "leaky_relu": gn.LeakyReLU(),
+    "leaky_relu_0.3": gn.LeakyReLU(0.3),
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from conftest import tolerance
+from conftest import ELEMENTWISE_ACTIVATIONS, tolerance
 
 ROWS = [1, 7]
 COLS = [1, 3, 1000]
 
-ELEMENTWISE = {
-    "sigmoid": gn.Sigmoid(),
-    "scaled_sigmoid": gn.Sigmoid(c=1.7, beta=0.6),
-    "tanh": gn.Tanh(),
-    "relu": gn.ReLU(),
-    "leaky_relu": gn.LeakyReLU(),
-    "leaky_relu_0.3": gn.LeakyReLU(0.3),
-    "identity": gn.Identity(),
-}
+ELEMENTWISE = ELEMENTWISE_ACTIVATIONS
 WITH_SOFTMAX = {**ELEMENTWISE, "softmax": gn.Softmax()}
 
 

@@ -20,19 +20,12 @@ cupy = pytest.importorskip("cupy")
 import gpunet as gn  # noqa: E402
 from gpunet import cuda  # noqa: E402
 from gpunet.cupy_backend import CupyBackend  # noqa: E402
+from conftest import ELEMENTWISE_ACTIVATIONS  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [np.float32, np.float64]
-ACTS = {
-    "identity": gn.Identity(),
-    "sigmoid": gn.Sigmoid(),
-    "scaled_sigmoid": gn.Sigmoid(c=1.7, beta=0.6),
-    "tanh": gn.Tanh(),
-    "relu": gn.ReLU(),
-    "leaky_relu": gn.LeakyReLU(),
-    "leaky_relu_0.3": gn.LeakyReLU(0.3),
-}
+ACTS = ELEMENTWISE_ACTIVATIONS
 # 1-D kernels cap their grid at MAX_GRID_1D blocks of BLOCK threads; this many elements makes
 # every thread loop (and is past the 65535 * 256 mark of the old 1-D grid limit)
 WRAP_1D = 65535 * 256 + 4099
