@@ -200,6 +200,17 @@ def torch_device(backend_name):
     return "cuda" if torch.cuda.is_available() else None
 
 
+def torch_peer(backend_name):
+    """(torch, device) for the PyTorch peer of a gpunet backend, or the reason it cannot run."""
+    torch = torch_or_none()
+    if torch is None:
+        return "torch is not importable"
+    device = torch_device(backend_name)
+    if device is None:
+        return "torch has no CUDA device here"
+    return torch, device
+
+
 def torch_mlp(params, device, lr, momentum):
     """nn.Sequential of Linear + ReLU with gpunet's parameters, and SGD with momentum
     (PyTorch's formula is gpunet's: v = m v + g; p -= lr v)."""

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from benchsupport import (MLPSize, describe, device_sync, mlp_step_flops, torch_device, torch_mlp, torch_or_none,
-                          torch_sync)
+from benchsupport import MLPSize, describe, device_sync, mlp_step_flops, torch_mlp, torch_peer, torch_sync
 
 WIDTHS = (64, 256, 10)
 BATCH, LR, MOMENTUM = 32, 0.02, 0.9
@@ -78,12 +77,10 @@ def _gpunet_epoch(backend, X, y):
 def _torch_epoch(backend_name, dataset):
     """(epoch, sync) of the PyTorch peer, built and warmed once per session, or the reason
     it cannot run here."""
-    torch = torch_or_none()
-    if torch is None:
-        return "torch is not importable"
-    device = torch_device(backend_name)
-    if device is None:
-        return "torch has no CUDA device here"
+    peer = torch_peer(backend_name)
+    if isinstance(peer, str):
+        return peer
+    torch, device = peer
     X, y, _ = _dataset()
     with gn.use_backend("numpy"):
         params = [np.array(p) for p in gn.MLP(list(WIDTHS), dtype="float32", seed=0).params]

@@ -18,9 +18,8 @@ import pytest
 
 import gpunet as gn
 from benchsupport import (MLP_SIZES, assert_close, describe, device_sync, host_float, mlp_backward_flops,
-                          mlp_forward_flops, mlp_problem, mlp_step_flops, params_of, torch_device,
-                          torch_grads_like_gpunet, torch_mlp, torch_or_none, torch_params_like_gpunet,
-                          torch_sync)
+                          mlp_forward_flops, mlp_problem, mlp_step_flops, params_of, torch_grads_like_gpunet,
+                          torch_mlp, torch_params_like_gpunet, torch_peer, torch_sync)
 
 DTYPE = "float32"
 LR, MOMENTUM = 1e-3, 0.9   # small enough that thousands of steps on one batch stay finite
@@ -180,12 +179,10 @@ def _gemms_of(backend, step):
 def _torch_step(backend_name, size, compiled, smoke):
     """(step, sync) of the PyTorch peer, built, checked and warmed once per session (it is
     timed on its own and as gpunet's partner), or the reason it cannot run here."""
-    torch = torch_or_none()
-    if torch is None:
-        return "torch is not importable"
-    device = torch_device(backend_name)
-    if device is None:
-        return "torch has no CUDA device here"
+    peer = torch_peer(backend_name)
+    if isinstance(peer, str):
+        return peer
+    torch, device = peer
     if compiled and smoke:
         return "torch.compile takes tens of seconds to warm up: not in a smoke run"
     params, x_host, labels_host, _ = mlp_problem(size)
