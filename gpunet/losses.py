@@ -15,12 +15,13 @@ from __future__ import annotations
 __all__ = ["CrossEntropy", "MeanSquaredError", "LOSSES", "get_loss", "row_scale_from_weights"]
 
 
-def row_scale_from_weights(w):
+def row_scale_from_weights(w, total=None):
     """The ``row_scale`` the losses take, ``w * N / sum(w)``, from per-example weights w
-    (N,), host or device: the batch's mean loss becomes ``sum(w l) / sum(w)``; unit weights
-    give exactly 1. A batch whose weights are all zero gets zeros (it adds nothing),
-    without reading the sum back."""
-    total = w.sum()
+    (N,), host or device (``total``: their sum, when the caller has it): the batch's mean
+    loss becomes ``sum(w l) / sum(w)``; unit weights give exactly 1. A batch whose weights
+    are all zero gets zeros (it adds nothing), without reading the sum back."""
+    if total is None:
+        total = w.sum()
     return w * (w.shape[0] / (total + (total == 0)))   # 0 / 1 rather than 0 / 0
 
 

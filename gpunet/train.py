@@ -185,7 +185,8 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
                 row_scale, batch_weight = None, nb
                 if w_all is not None:
                     wb = be.take_rows(w_all, idx)
-                    row_scale, batch_weight = row_scale_from_weights(wb), wb.sum()
+                    batch_weight = wb.sum()
+                    row_scale = row_scale_from_weights(wb, batch_weight)
                 with np.errstate(over="ignore", invalid="ignore"):
                     loss = net._loss_and_grad_device(xb, tb, include_decay=False, row_scale=row_scale)
                     gss = be.sumsq(net.flat_grads)
