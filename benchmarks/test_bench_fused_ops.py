@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from benchsupport import MLP_SIZES, Size, assert_close, describe, device_sync, host_float, params_of
-from gpunet import cuda
 from gpunet.activations import get_activation
+from gpunet.cuda import layout
+from gpunet.optim import SGDHyper
 
 DTYPE = "float32"
 ITEMSIZE = np.dtype(DTYPE).itemsize
@@ -66,7 +67,7 @@ def test_softmax_xent(benchmark, measure, backend, size, variant, monkeypatch):
     n, c = size.shape
     if variant == "fused-registers":
         # the long-row kernels side by side: rows kept in registers instead of shared memory
-        if backend.name != "cupy" or c <= cuda.WARP_ROW_MAX_COLS:
+        if backend.name != "cupy" or c <= layout.WARP_ROW_MAX_COLS:
             pytest.skip("the long-row variants are CUDA kernels for rows over 1024 columns")
         monkeypatch.setenv("GPUNET_LONG_ROWS", "registers")
     rng = np.random.default_rng(1)
@@ -234,6 +235,7 @@ def test_sgd_update(benchmark, measure, backend, size, variant):
     p64, g64, v64 = (h.astype(np.float64) for h in (p_host, g_host, v_host))
     g64[:n_decay] += DECAY * p64[:n_decay]
     v_ref = MOMENTUM * v64 + g64
+    hyper = SGDHyper(lr=LR, momentum=MOMENTUM, weight_decay=DECAY)
 
     def setup():
         params[...] = p0   # both update params and velocity in place
@@ -245,8 +247,7 @@ def test_sgd_update(benchmark, measure, backend, size, variant):
 
     _check_and_time(benchmark, measure, backend, variant, case="sgd_update", size=size,
                     nbytes=5 * p * ITEMSIZE,   # params, velocity, grads in; params, velocity out
-                    fused=lambda: backend.sgd_update(params, grads, velocity, lr=LR, momentum=MOMENTUM,
-                                                     nesterov=False, weight_decay=DECAY, n_decay=n_decay,
+                    fused=lambda: backend.sgd_update(params, grads, velocity, hyper, n_decay=n_decay,
                                                      scale=1.0, skip=False),
                     unfused=lambda: _sgd_unfused(backend.xp, params, grads, velocity, n_decay),
                     check=check, setup=setup)

@@ -47,10 +47,10 @@ def _device(backend):
 @pytest.mark.parametrize("size", params_of(MLP_SIZES))
 def test_forward(benchmark, measure, backend, size):
     net, x, labels, (_, ref_logits, _) = _net(backend, size)
-    ws = net._workspace(x.shape[0])
+    ws = net.workspace(x.shape[0])
 
     def forward():
-        return net._forward(x, ws, activate_output=False)   # logits, as in training
+        return net.forward_into(x, ws)   # logits, as in training
 
     assert_close(forward(), ref_logits, DTYPE, "forward logits")
     _describe(benchmark, "mlp_forward", "gpunet", backend.name, _device(backend), size,
@@ -61,17 +61,16 @@ def test_forward(benchmark, measure, backend, size):
 @pytest.mark.parametrize("size", params_of(MLP_SIZES))
 def test_backward(benchmark, measure, backend, size):
     net, x, labels, (_, _, ref_grads) = _net(backend, size)
-    ws = net._workspace(x.shape[0])
-    out = net._forward(x, ws, activate_output=False)
+    ws = net.workspace(x.shape[0])
+    out = net.forward_into(x, ws)
     net.loss_fn.loss_and_delta(backend, out, labels, net.output_activation, ws.deltas[-1])
 
     def backward():
         # reads the saved activations and delta_L, writes the gradients: repeatable as is
-        net._backward(x, ws, ws.deltas[-1])
-        return net.flat_grads
+        return net.backward_into(x, ws)
 
     backward()
-    for got, ref in zip(net.weight_grads + net.bias_grads, ref_grads[0::2] + ref_grads[1::2]):
+    for got, ref in zip(ws.weight_grads + ws.bias_grads, ref_grads[0::2] + ref_grads[1::2]):
         assert_close(got, ref, DTYPE, "backward gradient")
     _describe(benchmark, "mlp_backward", "gpunet", backend.name, _device(backend), size,
               mlp_backward_flops(size.widths, size.batch))
@@ -139,14 +138,15 @@ def _smoke(request):
 def _gpunet_step(backend, size):
     net, x, labels, _ = _net(backend, size)
     opt = gn.SGD(lr=LR, momentum=MOMENTUM)
+    ws = net.workspace(x.shape[0])
 
     def step():
-        loss = net._loss_and_grad_device(x, labels, include_decay=False)
-        opt.step(backend, net.flat_params, net.flat_grads, weight_decay=0.0, n_decay=net.n_weights)
+        loss = net.loss_and_grad_into(x, labels, ws, include_decay=False)
+        opt.step(backend, net.flat_params, ws.flat_grads, weight_decay=0.0, n_decay=net.n_weights)
         return loss
 
     loss = step()
-    grads = [p for pair in zip(net.weight_grads, net.bias_grads) for p in pair]
+    grads = net.layout.interleaved(ws.flat_grads)
     _check_first_step(loss, grads, net.params, size)
     return step, device_sync(backend.name)
 

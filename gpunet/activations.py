@@ -1,22 +1,34 @@
-"""Activation functions and their derivatives, written once for any array module ``xp``.
+"""Activation functions: each declared once, here, with everything every layer needs.
 
 Each activation maps a pre-activation ``z`` to ``f(z)`` element-wise (softmax row-wise).
 For every element-wise activation the derivative is computed from the saved *output*
 ``a = f(z)`` (seed 003: sigma' = sigma (1 - sigma), tanh' = 1 - tanh^2), so the
 backward pass never needs the pre-activation.
 
-These methods are the reference math. ``NumpyBackend`` calls them; ``CupyBackend``
-replaces them with fused kernels identified by ``kind`` and ``kernel_params``.
+A class here is the single declaration of an activation:
+
+- ``name`` (and ``aliases``), and where it may be used (``hidden``, ``output``): the CLI's
+  choices and the scikit-learn estimators' names are read from this registry;
+- ``forward`` and ``derivative_from_output``: the reference math for any array module
+  ``xp``, which ``NumpyBackend`` runs and the GPU kernels must match;
+- ``kernel_id``, ``kernel_params`` and ``cuda_forward``/``cuda_derivative``: the id the CUDA
+  kernels switch on, the two scalars they take (p0, p1), and the bodies of the device
+  functions ``f(z)`` and ``f'(a)`` (C++ over a type ``T``, with ``z`` or ``a`` and ``p0``,
+  ``p1`` in scope). ``gpunet.cuda.sources`` writes them into every kernel source, with the
+  list of ids the kernels' switches cover; a kernel handed any other id writes NaN.
+
+Adding an activation is one class here (and its tests); see ``docs/extending.md``.
 """
 from __future__ import annotations
 
 import math
 
-from .backend import shift_by_row_max
+from .softmax import softmax_rows
 
 __all__ = [
     "Activation", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax",
-    "HIDDEN_ACTIVATIONS", "OUTPUT_ACTIVATIONS", "get_activation",
+    "ACTIVATIONS", "HIDDEN_ACTIVATIONS", "OUTPUT_ACTIVATIONS", "KERNEL_ACTIVATIONS", "get_activation",
+    "kernel_id_of",
 ]
 
 
@@ -30,11 +42,16 @@ def _finite_float(name: str, value) -> float:
 
 
 class Activation:
-    """Base class. ``name`` is the registry name; ``kind`` an integer id shared with the CUDA kernels."""
+    """Base class; the class attributes are the registry entry (see the module docstring)."""
 
     name = "activation"
-    kind = -1
+    aliases: tuple[str, ...] = ()
+    hidden = False            # may be a hidden layer's activation
+    output = False            # may be the output layer's activation
     elementwise = True
+    kernel_id: int | None = None     # the CUDA kernels' id; None: the reference math only
+    cuda_forward = ""
+    cuda_derivative = ""
 
     def forward(self, xp, z, out=None):
         """``f(z)``; ``z`` and ``out`` have shape (N, n). ``out`` may be ``z`` (in place)."""
@@ -50,7 +67,7 @@ class Activation:
 
     @property
     def kernel_params(self) -> tuple[float, float]:
-        """The two scalar parameters the CUDA kernels take (meaning depends on ``kind``)."""
+        """The two scalar parameters the CUDA kernels take as p0, p1."""
         return (0.0, 0.0)
 
     def config(self) -> dict:
@@ -69,7 +86,10 @@ class Activation:
 
 
 class Identity(Activation):
-    name, kind = "identity", 0
+    name, kernel_id = "identity", 0
+    hidden = output = True
+    cuda_forward = "return z;"
+    cuda_derivative = "return T(1);"
 
     def forward(self, xp, z, out=None):
         if out is None:
@@ -96,10 +116,17 @@ class Sigmoid(Activation):
     or +-700 (float64), where the logistic is already 1 to the last bit on one side and
     below 1e-34 on the other: exp never overflows, and the chain is five plain ufunc
     passes (no masked selects, which are several times slower in NumPy). Derivative from
-    the output: ``f' = beta * a * (1 - a / c)``.
+    the output: ``f' = beta * a * (1 - a / c)``. The kernel's form, ``exp`` of ``-|beta z|``
+    only, never overflows either (a NaN takes the ``e`` branch and stays NaN).
     """
 
-    name, kind = "sigmoid", 1
+    name, kernel_id = "sigmoid", 1
+    aliases = ("logistic",)
+    hidden = output = True
+    cuda_forward = """const T bz = z * p1;
+        const T e = gn_exp(-gn_abs(bz));
+        return ((bz >= T(0) ? T(1) : e) / (T(1) + e)) * p0;"""
+    cuda_derivative = "return (a * (T(1) - a / p0)) * p1;"
 
     def __init__(self, c: float = 1.0, beta: float = 1.0):
         self.c = _finite_float("sigmoid c", c)
@@ -138,7 +165,10 @@ class Sigmoid(Activation):
 
 
 class Tanh(Activation):
-    name, kind = "tanh", 2
+    name, kernel_id = "tanh", 2
+    hidden = output = True
+    cuda_forward = "return gn_tanh(z);"
+    cuda_derivative = "return T(1) - a * a;"
 
     def forward(self, xp, z, out=None):
         return xp.tanh(z, out=out)
@@ -148,7 +178,10 @@ class Tanh(Activation):
 
 
 class ReLU(Activation):
-    name, kind = "relu", 3
+    name, kernel_id = "relu", 3
+    hidden = True
+    cuda_forward = "return z < T(0) ? T(0) : z;   // NaN passes through, as np.maximum does"
+    cuda_derivative = "return a > T(0) ? T(1) : T(0);   // slope 0 at z == 0, as PyTorch"
 
     def forward(self, xp, z, out=None):
         return xp.maximum(z, 0, out=out)
@@ -165,7 +198,10 @@ class LeakyReLU(Activation):
     """``z`` for z >= 0, ``slope * z`` below. A slope in [0, 1) keeps the sign of z in the
     output, which is what lets the derivative be read off the output."""
 
-    name, kind = "leaky_relu", 4
+    name, kernel_id = "leaky_relu", 4
+    hidden = True
+    cuda_forward = "return z < T(0) ? z * p0 : z;"
+    cuda_derivative = "return a > T(0) ? T(1) : p0;"
 
     def __init__(self, slope: float = 0.01):
         self.slope = _finite_float("leaky_relu slope", slope)
@@ -191,16 +227,16 @@ class Softmax(Activation):
     """Row-wise ``exp(z_k) / sum_j exp(z_j)``, shifted by the row maximum so exp never overflows.
 
     Its Jacobian is ``diag(a) - a a^T`` (seed 003), so the backward pass is
-    ``a * (grad - sum(grad * a, axis=1))``.
+    ``a * (grad - sum(grad * a, axis=1))``. Its kernels are the row kernels of
+    ``kernels/softmax_xent.cu`` (with the cross-entropy folded in), not the element-wise ones.
     """
 
-    name, kind = "softmax", 5
+    name = "softmax"
+    output = True
     elementwise = False
 
     def forward(self, xp, z, out=None):
-        shifted = shift_by_row_max(z)
-        e = xp.exp(shifted, out=shifted)
-        return xp.divide(e, e.sum(axis=1, keepdims=True), out=out)
+        return softmax_rows(xp, z, out=out)
 
     def derivative_from_output(self, xp, a):
         raise ValueError("softmax has a full Jacobian, not an element-wise derivative; use backward()")
@@ -210,29 +246,43 @@ class Softmax(Activation):
         return xp.multiply(a, grad - inner, out=out)
 
 
-_REGISTRY = {cls.name: cls for cls in (Sigmoid, Tanh, ReLU, LeakyReLU, Identity, Softmax)}
-HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
-OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "identity")
+ACTIVATIONS: dict[str, type[Activation]] = {
+    cls.name: cls for cls in (Softmax, Sigmoid, Tanh, ReLU, LeakyReLU, Identity)}
+_ALIASES = {alias: cls.name for cls in ACTIVATIONS.values() for alias in cls.aliases}
+HIDDEN_ACTIVATIONS = tuple(name for name, cls in ACTIVATIONS.items() if cls.hidden)
+OUTPUT_ACTIVATIONS = tuple(name for name, cls in ACTIVATIONS.items() if cls.output)
+# the element-wise activations the CUDA kernels implement, by id
+KERNEL_ACTIVATIONS: dict[int, type[Activation]] = dict(sorted(
+    (cls.kernel_id, cls) for cls in ACTIVATIONS.values() if cls.kernel_id is not None))
+
+
+def kernel_id_of(act) -> int | None:
+    """The CUDA kernels' id for ``act``, or None when only the reference math covers it.
+    Exact registered classes only: a subclass may change the math behind an inherited id."""
+    cls = KERNEL_ACTIVATIONS.get(getattr(act, "kernel_id", None))
+    return cls.kernel_id if cls is not None and type(act) is cls else None
 
 
 def get_activation(spec, allowed=None, what="activation") -> Activation:
-    """Turn a name, a config dict or an ``Activation`` into an ``Activation``.
+    """Turn a name (or alias), a config dict or an ``Activation`` into an ``Activation``.
 
     ``allowed`` restricts the names (e.g. softmax is an output activation only).
     """
+    choices = ", ".join(allowed or ACTIVATIONS)
     if isinstance(spec, Activation):
         act = spec
     elif isinstance(spec, str):
-        if spec not in _REGISTRY:
-            raise ValueError(f"unknown {what} {spec!r}; choose from {', '.join(allowed or _REGISTRY)}")
-        act = _REGISTRY[spec]()
+        name = _ALIASES.get(spec, spec)
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown {what} {spec!r}; choose from {choices}")
+        act = ACTIVATIONS[name]()
     elif isinstance(spec, dict):
         params = dict(spec)
         name = params.pop("name", None)
-        if not isinstance(name, str) or name not in _REGISTRY:
-            raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(allowed or _REGISTRY)}")
+        if not isinstance(name, str) or name not in ACTIVATIONS:
+            raise ValueError(f"unknown {what} {name!r}; choose from {choices}")
         try:
-            act = _REGISTRY[name](**params)
+            act = ACTIVATIONS[name](**params)
         except TypeError as exc:
             raise ValueError(f"bad parameters for {what} {name!r}: {exc}") from None
     else:

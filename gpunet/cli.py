@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from gpunet.activations import HIDDEN_ACTIVATIONS
+
 __all__ = ["main"]
 
 
@@ -35,7 +37,7 @@ def _build_parser():
     t.add_argument("--dataset", default="digits", choices=["digits", "mnist1d", "spirals", "regression"])
     t.add_argument("--hidden", type=_positive_int, nargs="*", default=[256], metavar="WIDTH",
                    help="hidden layer widths")
-    t.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "tanh", "sigmoid", "identity"])
+    t.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS)
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=_positive_int, default=32)
     t.add_argument("--full-batch", action="store_true", help="one step per epoch over all training data")
@@ -120,16 +122,16 @@ def _info(args):
     print(f"gpu      {'usable' if ok else 'not usable'}: {why}")
     print(f"backend  {gn.get_backend().name} (GPUNET_BACKEND or set_backend() choose; 'auto' by default)")
 
-    from gpunet import cuda
+    from gpunet.cuda import sources
     if not ok:
         # no device to run on, but a compiler may still vouch for the sources
         print("kernels  not checked on a GPU (none is usable, see above)")
-        nvrtc = cuda.nvrtc_version()
-        if nvrtc is None and cuda.nvcc_path() is None:
+        nvrtc = sources.nvrtc_version()
+        if nvrtc is None and sources.nvcc_path() is None:
             print("compile  skipped: neither NVRTC (through CuPy) nor nvcc is available")
             return 0
         start = time.perf_counter()
-        results = cuda.compile_sources("auto", archs=("sm_90",))
+        results = sources.compile_sources("auto", archs=("sm_90",))
         failed = [(topic, err) for topic, _, _, err in results if err]
         tool = results[0][1] if results else "-"
         tool += f" {nvrtc[0]}.{nvrtc[1]}" if tool == "nvrtc" and nvrtc else ""
@@ -140,7 +142,7 @@ def _info(args):
         return 1 if failed else 0
 
     import cupy
-    from gpunet.cupy_backend import parity_check
+    from gpunet.diagnostics import parity_check
     dev = cupy.cuda.Device()
     props = cupy.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -149,10 +151,10 @@ def _info(args):
     print(f"device   {name} (compute capability {major}.{minor}, {props['multiProcessorCount']} SMs, "
           f"{props['totalGlobalMem'] / 2**30:.1f} GiB)")
     print(f"cuda     runtime {runtime // 1000}.{runtime % 1000 // 10}, driver {driver // 1000}.{driver % 1000 // 10}"
-          + (f", nvrtc {'.'.join(map(str, cuda.nvrtc_version()))}" if cuda.nvrtc_version() else ""))
+          + (f", nvrtc {'.'.join(map(str, sources.nvrtc_version()))}" if sources.nvrtc_version() else ""))
     start = time.perf_counter()
-    loaded = cuda.load_all()
-    print(f"kernels  {sum(map(len, loaded.values()))} kernels from {len(loaded)} sources in {cuda.kernel_dir()} "
+    loaded = sources.load_all()
+    print(f"kernels  {sum(map(len, loaded.values()))} kernels from {len(loaded)} sources in {sources.kernel_dir()} "
           f"compiled and loaded in {time.perf_counter() - start:.2f} s")
     rows = parity_check()
     for row in rows:

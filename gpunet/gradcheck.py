@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import to_numpy
 from .validation import check_int, check_real
 
 __all__ = ["gradcheck"]
@@ -24,22 +25,20 @@ def gradcheck(net, X, y, eps=1e-5, max_params=None, seed=0, atol=1e-7) -> float:
     relative errors. A correct gradient scores ~1e-6 or less; a wrong one ~1e-2 or more.
     A pre-activation within ``eps`` of a ReLU kink can inflate single entries.
     """
-    from .mlp import MLP
-    from .backend import to_numpy
     eps = check_real("eps", eps, low=0.0, low_open=True)
     atol = check_real("atol", atol, low=0.0, low_open=True)
     if max_params is not None:
         max_params = check_int("max_params", max_params, low=1)
 
-    cfg = net.config()
-    cfg["dtype"] = "float64"
-    probe = MLP(**cfg)
-    probe.set_flat_params(to_numpy(net.flat_params).astype(np.float64))
-    x = probe._device_features(X)
-    targets = probe._device_targets(probe._check_targets(y, x.shape[0]))
+    if not all(hasattr(net, name) for name in ("copy", "features", "targets", "loss_and_grad_into")):
+        raise TypeError(f"gradcheck checks a gpunet.MLP, got {type(net).__name__}")
+    probe = net.copy(dtype="float64")
+    x = probe.features(X)
+    targets = probe.targets(y, x.shape[0])
 
-    probe._loss_and_grad_device(x, targets)
-    analytic = to_numpy(probe.flat_grads).copy()
+    ws = probe.workspace(x.shape[0])
+    probe.loss_and_grad_into(x, targets, ws)
+    analytic = to_numpy(ws.flat_grads)
 
     theta = probe.flat_params
     if max_params is None or max_params >= probe.n_params:
@@ -51,9 +50,9 @@ def gradcheck(net, X, y, eps=1e-5, max_params=None, seed=0, atol=1e-7) -> float:
         i = int(i)
         saved = float(theta[i])
         theta[i] = saved + eps
-        up = float(probe._loss_device(x, targets))
+        up = float(probe.evaluate_loss(x, targets))
         theta[i] = saved - eps
-        down = float(probe._loss_device(x, targets))
+        down = float(probe.evaluate_loss(x, targets))
         theta[i] = saved
         numeric[k] = (up - down) / (2 * eps)
     a = analytic[indices]

@@ -1,6 +1,8 @@
-"""Saving and loading models as ``.npz`` files, never through pickle.
+"""The model file format: ``.npz`` files, never pickle.
 
-The file holds four arrays: ``format`` (the string "gpunet.MLP"), ``version`` (int),
+This module knows the format, not the model: ``save`` writes a config and a flat parameter
+array, ``load`` reads them back and hands the config to a ``build`` function (``MLP.load``
+passes ``MLP(**config)``) before filling the parameters it built. The file holds four arrays: ``format`` (the string "gpunet.MLP"), ``version`` (int),
 ``config`` (the architecture as a JSON string) and ``params`` (the flat parameter buffer,
 layout ``[W_1 .. W_L, b_1 .. b_L]``). It is written to a temporary file beside the target
 and renamed over it, so a crash never leaves half a model behind. Loading reads with
@@ -26,16 +28,16 @@ _MAX_SMALL_MEMBER_BYTES = 4 * _MAX_CONFIG_CHARS + 4096
 _NPY_HEADER_SLACK = 4096
 
 
-def save(net, path):
-    """Write ``net`` to ``path`` (exactly that name; no suffix is added)."""
-    from .backend import to_numpy
+def save(path, config: dict, params: np.ndarray):
+    """Write a model's ``config`` (JSON-able) and flat ``params`` (a host array) to ``path``
+    (exactly that name; no suffix is added)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     arrays = {
         "format": np.array(FORMAT),
         "version": np.array(FORMAT_VERSION, dtype=np.int64),
-        "config": np.array(json.dumps(net.config())),
-        "params": to_numpy(net.flat_params),
+        "config": np.array(json.dumps(config)),
+        "params": np.asarray(params),
     }
     fd, tmp = tempfile.mkstemp(prefix=".gpunet-", suffix=".tmp", dir=directory)
     try:
@@ -91,9 +93,10 @@ def _check_header(path, fields, params_bytes):
     return cfg
 
 
-def load(path):
-    """Read a model written by ``save``; it is built on the active backend."""
-    from .mlp import MLP
+def load(path, build):
+    """Read a model file written by ``save``: ``build(config)`` makes the model (it raises
+    TypeError or ValueError for a config that describes none), whose ``n_params``, ``dtype``
+    and ``set_flat_params`` then take the file's parameters. Returns the model."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!s}")
@@ -129,7 +132,7 @@ def load(path):
         if params.ndim != 1 or params.shape[0] != n_params:
             raise _bad(path, f"params has shape {params.shape}, the network needs ({n_params},)")
     try:
-        net = MLP(**cfg)
+        net = build(cfg)
     except (TypeError, ValueError) as exc:
         raise _bad(path, f"config describes no valid network ({exc})") from None
     if params.ndim != 1 or params.shape[0] != net.n_params:
@@ -138,5 +141,5 @@ def load(path):
         raise _bad(path, f"params dtype {params.dtype} does not match config dtype {net.dtype}")
     if not np.isfinite(params).all():
         raise _bad(path, "params contain NaN or infinite values")
-    net.flat_params[...] = net.backend.asarray(params)
+    net.set_flat_params(params)
     return net

@@ -11,35 +11,36 @@ Backward (seed 003, "Recursive local gradients", vectorised over the batch):
     dW_l = A_{l-1}^T delta_l,  db_l = sum_n delta_l[n]
     delta_{l-1} = (delta_l W_l^T) * f'_{l-1}(Z_{l-1}),  f' read from A_{l-1}
 
-All parameters live in one flat buffer laid out ``[W_1 .. W_L, b_1 .. b_L]``; ``params``
-are views into it, and the gradients mirror it. Weights first means weight decay applies
-to one prefix of the buffer, so an optimizer step is one op over one array.
+All parameters live in one flat buffer laid out ``[W_1 .. W_L, b_1 .. b_L]``
+(``gpunet.parameters``); ``params`` are views into it. The buffers of a pass live in a
+``Workspace`` owned by its caller, so any number of threads may use one model for
+inference at once, and ``fit`` trains it while they do (``gpunet.concurrency``).
 """
 from __future__ import annotations
 
+import threading
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
+from . import io
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation, get_activation
-from .backend import get_backend, to_numpy
+from .backend import resolve_backend, to_numpy, use_backend
+from .concurrency import ExclusiveClaim, ParameterGuard
 from .init import INITIALIZERS, initialize_weight
 from .losses import get_loss, row_scale_from_weights
+from .metrics import accuracy, labels_of, r2_score
+from .parameters import ParameterLayout
+from .train import fit
 from .validation import (check_features, check_float_dtype, check_int, check_labels, check_real, check_sample_weight,
                          check_targets)
+from .workspace import Workspace
 
 __all__ = ["MLP"]
 
-_INFERENCE_CHUNK = 8192   # rows per forward pass in predict(): bounds the workspace memory
-_WORKSPACES_KEPT = 4      # batch shapes whose buffers stay allocated (train, last batch, eval...)
-
-
-class _Workspace:
-    """Activation and local-gradient buffers for one batch size, allocated once and reused."""
-
-    def __init__(self, backend, n, sizes, dtype):
-        self.acts = [backend.empty((n, w), dtype) for w in sizes[1:]]     # A_1 .. A_L
-        self.deltas = [backend.empty((n, w), dtype) for w in sizes[1:]]   # delta_1 .. delta_L
+_INFERENCE_CHUNK = 8192   # rows per forward pass of inference: bounds the workspace memory
+_WORKSPACES_KEPT = 4      # batch shapes whose inference buffers a thread keeps allocated
 
 
 class MLP:
@@ -57,10 +58,26 @@ class MLP:
     weight_decay : lambda of the L2 regulariser (lambda/2) sum ||W_l||^2; biases are not decayed.
     dtype : ``"float32"`` or ``"float64"``.
     seed : an int makes initialisation and ``fit``'s shuffling reproducible bit for bit.
+    backend : None (the active backend, see ``gpunet.use_backend``), a backend name or object.
+        The model keeps it: its arrays live there whatever is selected later.
+
+    Threads: ``forward``, ``predict``, ``predict_proba``, ``score``, ``loss`` and
+    ``loss_and_grad`` may be called on one model from any number of threads at once and give
+    exactly the single-threaded results (each thread computes in buffers of its own). ``fit``
+    owns the model while it runs: a second ``fit`` of it raises RuntimeError, and so does
+    ``set_flat_params`` from another thread. Inference during a ``fit`` sees the parameters
+    as they are between two optimizer steps, never part of an update.
+
+    The training interface (``features``, ``targets``, ``workspace``, ``forward_into``,
+    ``backward_into``, ``loss_and_grad_into``, ``evaluate_loss``, ``evaluate_outputs``,
+    ``shuffle_rng``, ``training``, ``reading_parameters``, ``writing_parameters``) works on
+    validated backend arrays without reading anything back to the host; ``fit``,
+    ``gradcheck`` and the scikit-learn estimators are written against it, and so can a
+    custom training loop be (``docs/architecture.md``).
     """
 
     def __init__(self, sizes, activation="relu", output="softmax", loss="cross_entropy",
-                 init="glorot_uniform", weight_decay=0.0, dtype="float32", seed=None):
+                 init="glorot_uniform", weight_decay=0.0, dtype="float32", seed=None, backend=None):
         sizes = self._check_sizes(sizes)
         n_hidden = len(sizes) - 2
         hidden = self._check_hidden(activation, n_hidden)
@@ -86,14 +103,19 @@ class MLP:
         self.weight_decay = weight_decay
         self.dtype = dtype
         self.seed = seed
-        self.backend = get_backend()
+        self.backend = resolve_backend(backend)
+        self.layout = ParameterLayout(sizes)
+        self._guard = ParameterGuard(self.backend)
+        self._fit_claim = ExclusiveClaim("fit() of this model")
+        self._per_thread = threading.local()      # .workspaces: this thread's inference buffers
 
         init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
         self._shuffle_rng = np.random.default_rng(shuffle_seq)
-        self._allocate()
+        self.flat_params = self.backend.zeros(self.n_params, self.dtype)
+        self.weights, self.biases = self.layout.views(self.flat_params)
         rng = np.random.default_rng(init_seq)
         host = np.zeros(self.n_params, dtype=np.float64)
-        for (w_off, w_shape), (fan_in, fan_out) in zip(self._w_slots, zip(sizes[:-1], sizes[1:])):
+        for (w_off, _), (fan_in, fan_out) in zip(self.layout.weight_slots, zip(sizes[:-1], sizes[1:])):
             host[w_off:w_off + fan_in * fan_out] = initialize_weight(init, rng, fan_in, fan_out).ravel()
         self.flat_params[...] = self.backend.asarray(host.astype(dtype))
 
@@ -119,36 +141,48 @@ class MLP:
         act = get_activation(activation, HIDDEN_ACTIVATIONS, "hidden activation")
         return [act] * n_hidden
 
-    def _allocate(self):
-        """The flat parameter and gradient buffers, and the per-layer views into them."""
-        xp_backend = self.backend
-        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
-        self.n_weights = sum(a * b for a, b in pairs)
-        self.n_params = self.n_weights + sum(b for _, b in pairs)
-        offset, self._w_slots = 0, []
-        for a, b in pairs:
-            self._w_slots.append((offset, (a, b)))
-            offset += a * b
-        self._b_slots = []
-        for _, b in pairs:
-            self._b_slots.append((offset, (b,)))
-            offset += b
-        self.flat_params = xp_backend.zeros(self.n_params, self.dtype)
-        self.flat_grads = xp_backend.zeros(self.n_params, self.dtype)
-        self.weights, self.biases = self._views(self.flat_params)
-        self.weight_grads, self.bias_grads = self._views(self.flat_grads)
-        self._workspaces = OrderedDict()
+    # ---- pickling and copies: the architecture, the parameters and the shuffling state ----
+    def __getstate__(self):
+        with self._guard.reading():
+            params = to_numpy(self.flat_params).copy()
+        return {"config": self.config(), "params": params, "backend": self.backend.name,
+                "shuffle_rng": self._shuffle_rng.bit_generator.state}
 
-    def _views(self, flat):
-        ws = [flat[o:o + s[0] * s[1]].reshape(s) for o, s in self._w_slots]
-        bs = [flat[o:o + s[0]] for o, s in self._b_slots]
-        return ws, bs
+    def __setstate__(self, state):
+        try:
+            with use_backend(state["backend"]) as backend:
+                self.__init__(**state["config"], backend=backend)
+        except RuntimeError as exc:       # e.g. pickled on a GPU machine, loaded without one
+            warnings.warn(f"gpunet: rebuilding the model on NumPy ({exc})", RuntimeWarning, stacklevel=2)
+            self.__init__(**state["config"], backend="numpy")
+        self.set_flat_params(state["params"])
+        self._shuffle_rng.bit_generator.state = state["shuffle_rng"]
+
+    def copy(self, dtype=None) -> "MLP":
+        """A new model with this architecture and a copy of the parameters (converted to
+        ``dtype`` when given), on the same backend; its shuffling starts from the seed."""
+        config = self.config()
+        if dtype is not None:
+            config["dtype"] = check_float_dtype(dtype).name
+        twin = MLP(**config, backend=self.backend)
+        with self._guard.reading():
+            twin.set_flat_params(to_numpy(self.flat_params).astype(twin.dtype))
+        return twin
 
     # ---- public properties ------------------------------------------------------------
     @property
     def params(self):
         """``[W_1, b_1, ..., W_L, b_L]``: views into the flat buffer (writes go to the model)."""
-        return [p for pair in zip(self.weights, self.biases) for p in pair]
+        return self.layout.interleaved(self.flat_params)
+
+    @property
+    def n_params(self) -> int:
+        return self.layout.n_params
+
+    @property
+    def n_weights(self) -> int:
+        """Entries of the flat buffer's weights prefix (the decayed part)."""
+        return self.layout.n_weights
 
     @property
     def n_layers(self) -> int:
@@ -181,27 +215,67 @@ class MLP:
         return (f"MLP({self.sizes}, activation={hidden}, output={self.output_activation.name}, "
                 f"loss={self.loss_fn.name}, dtype={self.dtype.name}, backend={self.backend.name})")
 
-    # ---- the workspace -------------------------------------------------------------
-    def _workspace(self, n):
-        ws = self._workspaces.get(n)
-        if ws is None:
-            ws = _Workspace(self.backend, n, self.sizes, self.dtype)
-            self._workspaces[n] = ws
-            while len(self._workspaces) > _WORKSPACES_KEPT:
-                self._workspaces.popitem(last=False)
-        else:
-            self._workspaces.move_to_end(n)
-        return ws
+    # ---- the training interface: validated backend arrays, no host reads ------------------
+    def validate_features(self, X, name="X") -> np.ndarray:
+        """X checked as this network's input (N, n_0): real, finite, in range for the dtype.
+        Returns the host array (not yet converted)."""
+        return check_features(X, self.sizes[0], name=name, dtype=self.dtype)
 
-    # ---- forward / backward ------------------------------------------------------------
-    def _forward(self, x, ws, activate_output=True):
-        """Fill ws.acts with A_1..A_L for the backend array x (N, n_0); returns A_L.
+    def validate_targets(self, y, n_examples, name="y") -> np.ndarray:
+        """y checked as targets for ``n_examples`` examples: int64 labels (N,) or float64
+        one-hot rows (N, K) for a classifier, float64 (N, K) for a regressor (host)."""
+        if self.is_classifier:
+            return check_labels(y, n_examples, self.sizes[-1], name=name)
+        return check_targets(y, n_examples, self.sizes[-1], name=name, dtype=self.dtype)
 
-        With ``activate_output=False`` (softmax + cross-entropy) A_L holds the logits.
-        """
+    def features(self, X, name="X"):
+        """X validated and moved to the backend in the model's dtype (N, n_0)."""
+        return self.backend.asarray(self.validate_features(X, name), dtype=self.dtype)
+
+    def targets(self, y, n_examples, name="y"):
+        """y validated and moved to the backend: int64 labels stay integers, the rest take
+        the model's dtype."""
+        return self.device_targets(self.validate_targets(y, n_examples, name))
+
+    def device_targets(self, host_targets):
+        """Validated host targets (``validate_targets``) on the backend."""
+        if host_targets.dtype.kind == "i":
+            return self.backend.asarray(host_targets)
+        return self.backend.asarray(host_targets, dtype=self.dtype)
+
+    @property
+    def shuffle_rng(self) -> np.random.Generator:
+        """The generator ``fit`` draws its shuffles from (seeded by ``seed``)."""
+        return self._shuffle_rng
+
+    def workspace(self, rows, gradients=True) -> Workspace:
+        """New buffers for passes over batches of exactly ``rows`` examples, owned by the
+        caller (with a flat gradient buffer when ``gradients``)."""
+        return Workspace(self.backend, rows, self.sizes, self.dtype, self.layout, gradients=gradients)
+
+    def training(self):
+        """``with net.training():`` claims the model for one training run (``fit``); a second
+        claim, from any thread, raises RuntimeError while the first lasts."""
+        return self._fit_claim.claim()
+
+    def reading_parameters(self):
+        """``with net.reading_parameters():`` queue work that reads the parameters: no
+        update lands in the middle of it (see ``gpunet.concurrency``)."""
+        return self._guard.reading()
+
+    def writing_parameters(self):
+        """``with net.writing_parameters():`` change the parameters in place (an optimizer
+        step): readers wait, and see the parameters before or after, never between."""
+        return self._guard.writing()
+
+    def forward_into(self, x, ws):
+        """Fill ``ws.acts`` with A_1..A_L for the backend array x (N, n_0); returns
+        ``ws.output``, which holds what the loss takes: the logits when the softmax is folded
+        into the cross-entropy, else the activated output."""
         be = self.backend
         a = x
         last = self.n_layers - 1
+        activate_output = self.loss_fn.needs_output_activation
         for l, (w, b, act) in enumerate(zip(self.weights, self.biases, self.activations)):
             z = be.matmul(a, w, out=ws.acts[l])
             if l == last and not activate_output:
@@ -211,73 +285,102 @@ class MLP:
             a = z
         return a
 
-    def _backward(self, x, ws, delta_out):
-        """Fill the flat gradient buffer from delta_L (= ws.deltas[-1]); x is A_0."""
+    def backward_into(self, x, ws):
+        """Fill ``ws.flat_grads`` from delta_L (``ws.deltas[-1]``) back to the input; x is A_0."""
         be = self.backend
         for l in range(self.n_layers - 1, -1, -1):
             delta = ws.deltas[l]
             a_prev = x if l == 0 else ws.acts[l - 1]
-            be.matmul(a_prev.T, delta, out=self.weight_grads[l])
-            be.bias_grad(delta, out=self.bias_grads[l])
+            be.matmul(a_prev.T, delta, out=ws.weight_grads[l])
+            be.bias_grad(delta, out=ws.bias_grads[l])
             if l > 0:
                 grad_prev = be.matmul(delta, self.weights[l].T, out=ws.deltas[l - 1])
                 be.act_backward(grad_prev, ws.acts[l - 1], self.hidden_activations[l - 1])
+        return ws.flat_grads
 
-    def _loss_and_grad_device(self, x, targets, include_decay=True, row_scale=None):
-        """One batched forward + backward on backend arrays. Returns the loss as a 0-d
-        backend array (no host sync) and leaves the gradient in ``flat_grads``.
+    def loss_and_grad_into(self, x, targets, ws, row_scale=None, include_decay=True):
+        """One batched forward and backward pass: returns the mean loss as a 0-d backend
+        array (no host sync) and leaves its gradient in ``ws.flat_grads``.
 
         x (N, n_0) of the model dtype; targets: int labels (N,), one-hot (N, K) or
         regression targets (N, K) of the model dtype; row_scale (N,) of the model dtype or
-        None: per-example factors of the loss (``row_scale_from_weights``).
+        None: per-example factors of the loss (``row_scale_from_weights``). With
+        ``include_decay`` the L2 term is in the loss and the gradient (``fit`` leaves it to
+        the optimizer instead).
         """
-        ws = self._workspace(x.shape[0])
-        out = self._forward(x, ws, activate_output=self.loss_fn.needs_output_activation)
+        out = self.forward_into(x, ws)
         loss = self.loss_fn.loss_and_delta(self.backend, out, targets, self.output_activation, ws.deltas[-1],
                                            row_scale)
-        self._backward(x, ws, ws.deltas[-1])
+        self.backward_into(x, ws)
         if include_decay and self.weight_decay:
             w = self.flat_params[:self.n_weights]
             loss = loss + 0.5 * self.weight_decay * self.backend.sumsq(w)
-            self.flat_grads[:self.n_weights] += self.weight_decay * w
+            ws.flat_grads[:self.n_weights] += self.weight_decay * w
         return loss
 
-    # ---- input handling ----------------------------------------------------------------
-    def _device_features(self, X):
-        host = check_features(X, self.sizes[0], dtype=self.dtype)
-        return self.backend.asarray(host, dtype=self.dtype)
+    def _thread_workspace(self, rows, gradients=False) -> Workspace:
+        """This thread's cached buffers for ``rows`` examples (the last few shapes are kept)."""
+        cache = getattr(self._per_thread, "workspaces", None)
+        if cache is None:
+            cache = self._per_thread.workspaces = OrderedDict()
+        key = (rows, gradients)
+        ws = cache.get(key)
+        if ws is None:
+            ws = cache[key] = self.workspace(rows, gradients=gradients)
+            while len(cache) > _WORKSPACES_KEPT:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return ws
 
-    def _check_targets(self, y, n, name="y"):
-        """Validated host targets: int labels or float one-hot for classifiers, floats for regressors."""
-        if self.is_classifier:
-            return check_labels(y, n, self.sizes[-1], name=name)
-        return check_targets(y, n, self.sizes[-1], name=name, dtype=self.dtype)
-
-    def _device_targets(self, host_targets):
-        if host_targets.dtype.kind == "i":
-            return self.backend.asarray(host_targets)
-        return self.backend.asarray(host_targets, dtype=self.dtype)
-
-    # ---- public API ----------------------------------------------------------------------
-    def forward(self, X):
-        """Network output after the output activation: X (N, n_0) -> (N, n_L), a backend array."""
-        x = self._device_features(X)
-        return self._infer(x, activate=True)
-
-    def _infer(self, x, activate=True):
-        """Output for a validated backend array x, in chunks; logits when activate=False
-        and the output is softmax."""
+    def evaluate_outputs(self, x, logits=False):
+        """Outputs (N, n_L) for a validated backend array x, computed in chunks in this
+        thread's buffers: probabilities (the activated output), or the logits when
+        ``logits`` and the softmax is folded into the loss."""
         be = self.backend
         n = x.shape[0]
         result = be.empty((n, self.sizes[-1]), self.dtype)
-        for start in range(0, n, _INFERENCE_CHUNK):
-            chunk = x[start:start + _INFERENCE_CHUNK]
-            ws = self._workspace(chunk.shape[0])
-            out = self._forward(chunk, ws, activate_output=self.loss_fn.needs_output_activation)
-            if activate and not self.loss_fn.needs_output_activation:
-                be.softmax(out, out=out)
-            result[start:start + chunk.shape[0]] = out
+        activate = not logits and not self.loss_fn.needs_output_activation
+        with self._guard.reading():
+            for start in range(0, n, _INFERENCE_CHUNK):
+                chunk = x[start:start + _INFERENCE_CHUNK]
+                out = self.forward_into(chunk, self._thread_workspace(chunk.shape[0]))
+                if activate:
+                    be.softmax(out, out=out)
+                result[start:start + chunk.shape[0]] = out
         return result
+
+    def evaluate_loss(self, x, targets, include_decay=True):
+        """Mean loss over backend arrays (x, targets) as a 0-d backend array (no host sync),
+        in chunks in this thread's buffers; the L2 term included unless ``include_decay`` is
+        False."""
+        be = self.backend
+        n = x.shape[0]
+        total = be.xp.zeros((), dtype=self.dtype)
+        with self._guard.reading():
+            for start in range(0, n, _INFERENCE_CHUNK):
+                xc, tc = x[start:start + _INFERENCE_CHUNK], targets[start:start + _INFERENCE_CHUNK]
+                ws = self._thread_workspace(xc.shape[0])
+                out = self.forward_into(xc, ws)
+                chunk_loss = self.loss_fn.loss_and_delta(be, out, tc, self.output_activation, ws.deltas[-1])
+                total = total + chunk_loss * xc.shape[0]
+            loss = total / n
+            if include_decay and self.weight_decay:
+                loss = loss + 0.5 * self.weight_decay * be.sumsq(self.flat_params[:self.n_weights])
+        return loss
+
+    # ---- public API ----------------------------------------------------------------------
+    def forward(self, X):
+        """Network output after the output activation: X (N, n_0) -> (N, n_L), a backend array.
+        Rows whose arithmetic overflowed come back non-finite, as computed (no host read on a
+        GPU); ``predict``, ``predict_proba`` and ``score`` refuse them instead."""
+        return self.evaluate_outputs(self.features(X))
+
+    def loss(self, X, y) -> float:
+        """Mean loss on (X, y) including the L2 term (not defined for overflowing inputs: inf or NaN)."""
+        x = self.features(X)
+        targets = self.targets(y, x.shape[0])
+        return float(self.evaluate_loss(x, targets, include_decay=True))
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """Mean loss (plus the L2 term) and its gradient on the batch (X, y).
@@ -286,79 +389,68 @@ class MLP:
         Returns ``(loss: float, [dW_1, db_1, ..., dW_L, db_L])``, the gradients new arrays
         of the backend with the shapes of ``params``.
         """
-        x = self._device_features(X)
-        targets = self._device_targets(self._check_targets(y, x.shape[0]))
+        x = self.features(X)
+        targets = self.targets(y, x.shape[0])
         weights = check_sample_weight(sample_weight, x.shape[0])
         row_scale = None if weights is None else self.backend.asarray(row_scale_from_weights(weights), self.dtype)
-        with np.errstate(over="ignore", invalid="ignore"):
-            loss = self._loss_and_grad_device(x, targets, include_decay=True, row_scale=row_scale)
-        grads = self.flat_grads.copy()
-        ws, bs = self._views(grads)
-        return float(loss), [p for pair in zip(ws, bs) for p in pair]
-
-    def loss(self, X, y) -> float:
-        """Mean loss (plus the L2 term) on (X, y), without touching the gradients."""
-        x = self._device_features(X)
-        targets = self._device_targets(self._check_targets(y, x.shape[0]))
-        return float(self._loss_device(x, targets))
-
-    def _loss_device(self, x, targets, include_decay=True):
-        be = self.backend
-        xp = be.xp
-        n = x.shape[0]
-        total = xp.zeros((), dtype=self.dtype)
-        for start in range(0, n, _INFERENCE_CHUNK):
-            xc, tc = x[start:start + _INFERENCE_CHUNK], targets[start:start + _INFERENCE_CHUNK]
-            ws = self._workspace(xc.shape[0])
-            out = self._forward(xc, ws, activate_output=self.loss_fn.needs_output_activation)
-            scratch = ws.deltas[-1]
-            total = total + self.loss_fn.loss_and_delta(be, out, tc, self.output_activation, scratch) * xc.shape[0]
-        loss = total / n
-        if include_decay and self.weight_decay:
-            loss = loss + 0.5 * self.weight_decay * be.sumsq(self.flat_params[:self.n_weights])
-        return loss
+        ws = self._thread_workspace(x.shape[0], gradients=True)
+        with np.errstate(over="ignore", invalid="ignore"), self._guard.reading():
+            loss = self.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=True)
+            grads = ws.flat_grads.copy()
+        return float(loss), self.layout.interleaved(grads)
 
     def predict_proba(self, X):
         """Class probabilities (N, n_L) as a NumPy array; classifiers only."""
         if not self.is_classifier:
             raise TypeError("predict_proba is for classifiers (loss='cross_entropy'); use predict()")
-        return to_numpy(self.forward(X))
+        x = self.features(X)
+        return self._finite_rows(x, to_numpy(self.evaluate_outputs(x)))
 
     def predict(self, X):
         """Class labels (N,) for classifiers, outputs (N, n_L) for regressors; NumPy arrays."""
-        return self._predict_device(self._device_features(X))
+        return self._predict_validated(self.features(X))
 
-    def _predict_device(self, x):
-        """``predict`` for a validated backend array x (N, n_0)."""
+    def _predict_validated(self, x):
         if self.is_classifier:
-            return to_numpy(self._infer(x, activate=False).argmax(axis=1))
-        return to_numpy(self._infer(x))
+            logits = self.evaluate_outputs(x, logits=True)
+            self._finite_rows(x, logits)
+            return to_numpy(logits.argmax(axis=1))
+        return self._finite_rows(x, to_numpy(self.evaluate_outputs(x)))
+
+    def _finite_rows(self, x, outputs):
+        """``outputs`` when every row is finite; else a ValueError naming the rows of X whose
+        outputs overflowed (a silent NaN probability or label 0 would be a wrong answer)."""
+        xp = np if isinstance(outputs, np.ndarray) else self.backend.xp
+        if bool(xp.isfinite(outputs).all()):
+            return outputs
+        bad = np.flatnonzero(~np.isfinite(to_numpy(outputs)).all(axis=1))
+        shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+        largest = float(to_numpy(abs(x[self.backend.asarray(bad)]).max()))
+        raise ValueError(f"the network's outputs are not finite for {bad.size} row(s) of X (rows {shown}): "
+                         f"their arithmetic overflows {self.dtype.name} (largest |value| in them {largest:.3g}). "
+                         "Scale the features, or use dtype='float64'.")
 
     def score(self, X, y) -> float:
         """Accuracy for classifiers; R^2 (averaged over outputs) for regressors."""
-        x = self._device_features(X)      # X is checked (and moved) once
-        targets = self._check_targets(y, x.shape[0])
-        pred = self._predict_device(x)
+        x = self.features(X)      # X is checked (and moved) once
+        targets = self.validate_targets(y, x.shape[0])
+        pred = self._predict_validated(x)
         if self.is_classifier:
-            labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
-            return float((pred == labels).mean())
+            return accuracy(labels_of(targets), pred)
         return r2_score(targets, pred)
 
-    def fit(self, X, y, epochs=10, batch_size=32, lr=0.01, **options):
-        """Train by SGD; see ``gpunet.train.fit`` for every option. Returns the History."""
-        from .train import fit
-        return fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, **options)
+    fit = fit     # gpunet.train.fit(net, X, y, ...) as a method: one signature, one docstring
 
     def save(self, path):
         """Write architecture and parameters to a ``.npz`` file (atomically, no pickle)."""
-        from .io import save
-        save(self, path)
+        with self._guard.reading():
+            params = to_numpy(self.flat_params).copy()
+        io.save(path, self.config(), params)
 
     @classmethod
-    def load(cls, path):
-        """Rebuild a model written by ``save`` on the active backend."""
-        from .io import load
-        return load(path)
+    def load(cls, path, backend=None):
+        """Rebuild a model written by ``save``, on ``backend`` (None: the active one)."""
+        return io.load(path, lambda config: cls(**config, backend=backend))
 
     def set_flat_params(self, values):
         """Replace all parameters from a flat array of length ``n_params`` (checked)."""
@@ -369,15 +461,8 @@ class MLP:
             raise TypeError(f"parameters must be floating point, got {host.dtype}")
         if not np.isfinite(host).all():
             raise ValueError("parameters contain NaN or infinite values")
-        self.flat_params[...] = self.backend.asarray(host.astype(self.dtype))
+        if self._fit_claim.held_by_other_thread:
+            raise RuntimeError("another thread is training this model (fit); set its parameters after fit returns")
+        with self._guard.writing():
+            self.flat_params[...] = self.backend.asarray(host.astype(self.dtype))
 
-
-def r2_score(targets, pred) -> float:
-    """Coefficient of determination, averaged over output columns (scikit-learn's default)."""
-    targets = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
-    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
-    ss_res = ((targets - pred) ** 2).sum(axis=0)
-    ss_tot = ((targets - targets.mean(axis=0)) ** 2).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
-    return float(r2.mean())

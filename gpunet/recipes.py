@@ -132,7 +132,7 @@ def mnist1d(seed=0, epochs=30, progress=False) -> RecipeResult:
 
 def linear_baseline_r2(X_train, y_train, X_test, y_test) -> float:
     """Test R^2 of ordinary least squares with an intercept, fitted on the training split."""
-    from gpunet.mlp import r2_score
+    from gpunet.metrics import r2_score
     design = np.c_[X_train, np.ones(len(X_train))]
     coef, *_ = np.linalg.lstsq(design, y_train, rcond=None)
     return r2_score(y_test, np.c_[X_test, np.ones(len(X_test))] @ coef)

@@ -11,9 +11,7 @@ Needs scikit-learn (``pip install 'gpunet[data]'``); ``import gpunet`` never imp
 """
 from __future__ import annotations
 
-import contextlib
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -22,7 +20,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .backend import to_numpy, use_backend
+from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from .backend import to_numpy
 from .mlp import MLP
 from .optim import make_optimizer
 from .schedules import CosineDecay, EarlyStopping, LinearWarmup, Schedule
@@ -30,9 +29,9 @@ from .validation import check_real, check_sample_weight
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-# scikit-learn's name for the logistic sigmoid, beside gpunet's own names
-_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "sigmoid": "sigmoid",
-                "identity": "identity", "leaky_relu": "leaky_relu"}
+# gpunet's hidden activations, and their aliases (scikit-learn's "logistic" is the sigmoid)
+_ACTIVATIONS = {**{name: name for name in HIDDEN_ACTIVATIONS},
+                **{alias: name for name in HIDDEN_ACTIVATIONS for alias in ACTIVATIONS[name].aliases}}
 _SOLVERS = ("adam", "adamw", "sgd", "rmsprop")
 _SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
@@ -196,9 +195,6 @@ class _BaseMLP(BaseEstimator):
             return LinearWarmup(max(1, epochs // 20), then=CosineDecay())
         return None
 
-    def _backend_scope(self):
-        return contextlib.nullcontext() if self.backend is None else use_backend(self.backend)
-
     # ---- training ---------------------------------------------------------------------------
     def _continues(self, incremental):
         """Whether this fit trains the existing ``net_`` on (warm start, partial_fit)."""
@@ -255,10 +251,10 @@ class _BaseMLP(BaseEstimator):
             net = self.net_
             net.weight_decay = check_real("alpha", self.alpha, low=0.0) / batch_weight
         else:
-            with self._backend_scope():
-                net = MLP(widths, activation=act, output="softmax" if classifier else "identity",
-                          loss="cross_entropy" if classifier else "mse",
-                          weight_decay=float(self.alpha) / batch_weight, dtype=self.dtype, seed=seed)
+            net = MLP(widths, activation=act, output="softmax" if classifier else "identity",
+                      loss="cross_entropy" if classifier else "mse",
+                      weight_decay=float(self.alpha) / batch_weight, dtype=self.dtype, seed=seed,
+                      backend=self.backend)
         history = net.fit(X, targets, epochs=epochs, batch_size=batch, optimizer=optimizer,
                           schedule=schedule, clip_norm=self.clip_norm, shuffle=self.shuffle,
                           validation_data=validation, early_stopping=stopper,
@@ -325,29 +321,6 @@ class _BaseMLP(BaseEstimator):
     def _validated_X(self, X):
         check_is_fitted(self, "net_")
         return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-
-    # ---- pickling: the network travels as its config and flat parameters ----------------------
-    def __getstate__(self):
-        state = dict(super().__getstate__())     # a copy: object.__getstate__ hands out __dict__ itself
-        net = state.pop("net_", None)
-        if net is not None:
-            state["_net_saved"] = (net.config(), to_numpy(net.flat_params).copy())
-        return state
-
-    def __setstate__(self, state):
-        saved = state.pop("_net_saved", None)
-        super().__setstate__(state)
-        if saved is not None:
-            config, params = saved
-            try:
-                with self._backend_scope():
-                    net = MLP(**config)
-            except RuntimeError as exc:       # e.g. pickled on a GPU machine, loaded without one
-                warnings.warn(f"gpunet: rebuilding the model on NumPy ({exc})", RuntimeWarning, stacklevel=2)
-                with use_backend("numpy"):
-                    net = MLP(**config)
-            net.flat_params[...] = net.backend.asarray(params)
-            self.net_ = net
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

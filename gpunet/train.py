@@ -4,26 +4,37 @@
 between random minibatches re-drawn every epoch. Each step is one batched forward and
 backward pass and one optimizer update over the flat parameter buffer.
 
+``fit`` runs in four named phases: *prepare* (every argument and array checked, before the
+model is touched: ``FitPlan``), *epoch* (shuffle, gather each batch), *step* (``TrainingStep``:
+forward, loss and backward into its own buffers, the divergence flag, clipping, and the
+optimizer update under the model's write lock) and *record* (the epoch's history, the
+validation data, progress and early stopping).
+
 Nothing in a step reads a value back to the host on the GPU: the loss and the metric are
 summed on the device and read once per epoch. A non-finite loss or gradient sets a sticky
 device flag that turns every later update of the epoch into a no-op, so the parameters
-stay as they were before the bad step; the flag is read at the end of the epoch (on the
-CPU after every step, where reading it is free) and training stops with an error.
+stay as they were before the bad step; the flag is read at the end of the epoch (after
+every step where the backend's reads are free, i.e. on the CPU) and training stops with an
+error. The model is used through its public training interface only (``MLP``).
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .losses import row_scale_from_weights
+from .metrics import (accuracy, batch_metric_sum, labels_of, metric_from_sums, metric_name, r2_score,
+                      total_sum_of_squares)
 from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
 from .validation import check_bool, check_int, check_real, check_sample_weight
 
-__all__ = ["fit", "History", "TrainingDiverged"]
+__all__ = ["fit", "History", "TrainingDiverged", "TrainingStep", "FitPlan"]
 
 log = logging.getLogger("gpunet")
 
@@ -57,51 +68,58 @@ class History(dict):
         return f"History(epochs={self.epochs}, last={last})"
 
 
-def _progress_bar(enabled, epochs):
-    """A tqdm bar over epochs when asked for, tqdm is installed and stderr is a terminal."""
-    if not enabled or epochs == 0:
-        return None
-    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        log.info("gpunet: install tqdm (pip install 'gpunet[progress]') for a progress bar")
-        return None
-    return tqdm(total=epochs, unit="epoch", dynamic_ncols=True, leave=True)
+# ---- phase 1: prepare ------------------------------------------------------------------------
+@dataclass
+class FitPlan:
+    """Everything a ``fit`` call will do, checked: the data on the device, the optimizer, the
+    schedule and the stopping rule. Made by ``prepare`` before the model is touched."""
+
+    epochs: int
+    batch_size: int
+    optimizer: Any
+    clip_norm: float | None
+    shuffle: bool
+    progress: bool
+    schedule: Any
+    base_lr: float | None
+    stopper: Any
+    x: Any                    # (N, n_0) backend array
+    targets: Any              # (N,) labels or (N, K), backend
+    weights: Any              # (N,) backend array of weight ratios, or None
+    loss_denominator: float   # N, or the weights' sum
+    ss_tot: Any               # per-output spread of the targets (regressors), else None
+    validation: Any           # (x_val, targets_val) on the backend, or None
+    metric: str
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    @property
+    def schedule_per_step(self) -> bool:
+        return self.schedule is not None and self.schedule.per == "step"
+
+    @property
+    def schedule_units(self) -> int:
+        """The schedule's horizon: epochs, or optimizer steps for a per-step schedule."""
+        return self.epochs * self.steps_per_epoch if self.schedule_per_step else self.epochs
+
+    def lr_for(self, epoch: int, step: int):
+        """The learning rate of step ``step`` of epoch ``epoch`` (a Python float: no device
+        sync), or None without a schedule."""
+        if self.schedule is None:
+            return None
+        t = epoch * self.steps_per_epoch + step if self.schedule_per_step else epoch
+        return self.schedule.lr(self.base_lr, t, self.schedule_units)
 
 
-def _check_validation(net, validation_data):
-    if validation_data is None:
-        return None
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise TypeError("validation_data must be a pair (X_val, y_val)")
-    from .validation import check_features
-    xv = check_features(validation_data[0], net.sizes[0], name="X_val", dtype=net.dtype)
-    yv = net._check_targets(validation_data[1], xv.shape[0], name="y_val")
-    return net.backend.asarray(xv, dtype=net.dtype), net._device_targets(yv)
-
-
-def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=False,
-        clip_norm=None, validation_data=None, shuffle=True, progress=True, optimizer=None,
-        schedule=None, early_stopping=None, sample_weight=None):
-    """Train ``net`` in place and return a ``History``.
-
-    X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
-    regressors. ``lr``, ``momentum``, ``nesterov`` configure SGD unless an ``optimizer``
-    is given: an object (e.g. ``gpunet.optim.Adam(lr=1e-3)``), whose state then carries
-    over between calls, or a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``) built
-    with ``lr`` (and ``momentum``/``nesterov`` where they apply).
-    ``clip_norm`` rescales the gradient when its global L2 norm exceeds it.
-    ``schedule`` (``gpunet.schedules``, or ``f(epoch) -> factor``) scales the optimizer's
-    lr per epoch or per step; ``history["lr"]`` holds the lr of each epoch's last step.
-    ``early_stopping`` (True or a ``gpunet.schedules.EarlyStopping``) stops on a stalled
-    per-epoch metric and restores the best epoch's parameters; see ``History``.
-    ``sample_weight`` (N,) weighs each example's loss: every batch minimises its weighted
-    mean ``sum(w l) / sum(w)``, and ``history["loss"]`` is the weighted mean over the epoch
-    (accuracy and R^2 stay unweighted, as does the validation data).
-    Every argument is checked before the model is touched.
-    """
+def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm, validation_data, shuffle,
+            progress, optimizer, schedule, early_stopping, sample_weight) -> FitPlan:
+    """Check every argument of ``fit`` and move the data to the model's backend."""
     epochs = check_int("epochs", epochs, low=0)
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size)
@@ -116,152 +134,41 @@ def fit(net, X, y, *, epochs=10, batch_size=32, lr=0.01, momentum=0.0, nesterov=
     shuffle = check_bool("shuffle", shuffle)
     progress = check_bool("progress", progress)
 
-    from .validation import check_features
-    x_host = check_features(X, net.sizes[0], dtype=net.dtype)
-    y_host = net._check_targets(y, x_host.shape[0])
+    x_host = net.validate_features(X)
+    y_host = net.validate_targets(y, x_host.shape[0])
     w_host = check_sample_weight(sample_weight, x_host.shape[0])
     if w_host is not None:
         # only ratios matter: at most 1, so no batch sum overflows a float32 model
         w_host = w_host / w_host.max()
-    val = _check_validation(net, validation_data)
+    validation = _check_validation(net, validation_data)
     schedule = as_schedule(schedule)
     base_lr = getattr(optimizer, "lr", None)
     if schedule is not None and base_lr is None:
         raise TypeError("a schedule scales the optimizer's lr attribute, and this optimizer has none")
     stopper = as_early_stopping(early_stopping)
     if stopper is not None:
-        _check_monitor(stopper.monitor, net.is_classifier, val is not None)
+        _check_monitor(stopper.monitor, net.is_classifier, validation is not None)
 
     be = net.backend
-    xp = be.xp
     n = x_host.shape[0]
-    bs = n if batch_size is None else min(batch_size, n)
-    x_all = be.asarray(x_host, dtype=net.dtype)
-    t_all = net._device_targets(y_host)
-    w_all = None if w_host is None else be.asarray(w_host, dtype=net.dtype)
-    loss_denominator = float(n if w_host is None else w_host.sum())
-    metric = "accuracy" if net.is_classifier else "r2"
-    history = History(loss=[], **{metric: []}, time=[])
-    if val is not None:
-        history["val_loss"], history[f"val_{metric}"] = [], []
-    # R^2 from running sums needs the targets' spread, once
-    ss_tot = None if net.is_classifier else ((y_host - y_host.mean(axis=0)) ** 2).sum(axis=0)
-    eager = be.name == "numpy"    # on the CPU a check per step costs nothing
-    counts_steps = not eager and isinstance(getattr(optimizer, "step_count", None), int)
-
-    history["lr"] = []
-    steps_per_epoch = -(-n // bs)
-    per_step = schedule is not None and schedule.per == "step"
-    total_units = epochs * steps_per_epoch if per_step else epochs
-    epoch_lr = base_lr
-    best_params = None
-    if stopper is not None:
-        stopper.reset()
-        if stopper.restore_best_weights:
-            best_params = net.flat_params.copy()
-
-    bar = _progress_bar(progress, epochs)
-    try:
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            order = net._shuffle_rng.permutation(n) if shuffle else np.arange(n)
-            order_dev = be.asarray(order)
-            loss_sum = xp.zeros((), dtype=np.float64)
-            metric_sum = xp.zeros(() if net.is_classifier else (y_host.shape[1],), dtype=np.float64)
-            bad = xp.zeros((), dtype=bool)
-            # on the device a bad step is skipped, not refused: an optimizer that counts its
-            # steps (Adam's bias correction) must not count the skipped ones
-            skipped = xp.zeros((), dtype=np.int64) if counts_steps else None
-            if schedule is not None and not per_step:
-                epoch_lr = schedule.lr(base_lr, epoch, total_units)
-            for step, start in enumerate(range(0, n, bs)):
-                if per_step:    # a Python float per step: no device sync
-                    epoch_lr = schedule.lr(base_lr, epoch * steps_per_epoch + step, total_units)
-                lr_arg = {} if schedule is None else {"lr": epoch_lr}
-                idx = order_dev[start:start + bs]
-                xb = be.take_rows(x_all, idx)
-                tb = be.take_rows(t_all, idx)
-                nb = xb.shape[0]
-                row_scale, batch_weight = None, nb
-                if w_all is not None:
-                    wb = be.take_rows(w_all, idx)
-                    batch_weight = wb.sum()
-                    row_scale = row_scale_from_weights(wb, batch_weight)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    loss = net._loss_and_grad_device(xb, tb, include_decay=False, row_scale=row_scale)
-                    gss = be.sumsq(net.flat_grads)
-                    bad = bad | ~xp.isfinite(loss) | ~xp.isfinite(gss)
-                    scale = 1.0
-                    if clip_norm is not None:
-                        scale = xp.minimum(1.0, clip_norm / (xp.sqrt(gss) + 1e-12)).astype(net.dtype)
-                    if eager and bool(bad):
-                        raise TrainingDiverged(
-                            f"loss or gradient became non-finite at epoch {epoch + 1}, step {step + 1} "
-                            f"(loss={float(loss)}); parameters are those from before that step. "
-                            "Try a smaller learning rate or clip_norm.")
-                    optimizer.step(be, net.flat_params, net.flat_grads, weight_decay=net.weight_decay,
-                                   n_decay=net.n_weights, scale=scale, skip=bad, **lr_arg)
-                    if skipped is not None:
-                        skipped += bad
-                    loss_sum += loss * batch_weight     # the batch's sum of (weighted) losses
-                    metric_sum += _batch_metric(net, xb, tb)
-            if not eager and bool(bad):
-                if skipped is not None:
-                    optimizer.step_count -= int(skipped)
-                raise TrainingDiverged(
-                    f"loss or gradient became non-finite during epoch {epoch + 1}; parameters are those "
-                    "from before the first bad step. Try a smaller learning rate or clip_norm.")
-            record = {"loss": float(loss_sum) / loss_denominator}
-            if net.is_classifier:
-                record[metric] = float(metric_sum) / n
-            else:
-                record[metric] = _r2_from_sums(be.to_numpy(metric_sum), ss_tot)
-            if val is not None:
-                record["val_loss"], record[f"val_{metric}"] = _evaluate(net, *val)
-            record["lr"] = epoch_lr
-            record["time"] = time.perf_counter() - t0
-            for key, value in record.items():
-                history[key].append(value)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "time"}, refresh=False)
-                bar.update(1)
-            if stopper is not None and _early_stopping_epoch(stopper, history, net, epoch, best_params):
-                break
-        if best_params is not None and stopper.best_epoch is not None:
-            net.flat_params[...] = best_params
-    finally:
-        if bar is not None:
-            bar.close()
-    return history
+    return FitPlan(
+        epochs=epochs, batch_size=n if batch_size is None else min(batch_size, n), optimizer=optimizer,
+        clip_norm=clip_norm, shuffle=shuffle, progress=progress, schedule=schedule, base_lr=base_lr,
+        stopper=stopper, x=be.asarray(x_host, dtype=net.dtype), targets=net.device_targets(y_host),
+        weights=None if w_host is None else be.asarray(w_host, dtype=net.dtype),
+        loss_denominator=float(n if w_host is None else w_host.sum()),
+        # R^2 from running sums needs the targets' spread, once
+        ss_tot=None if net.is_classifier else total_sum_of_squares(y_host),
+        validation=validation, metric=metric_name(net.is_classifier))
 
 
-def _batch_metric(net, xb, tb):
-    """Running metric of the batch just trained on, from the outputs its forward pass left
-    in the workspace: correct predictions (classifier) or per-output squared error."""
-    out = net._workspace(xb.shape[0]).acts[-1]
-    if net.is_classifier:
-        labels = tb if tb.ndim == 1 else tb.argmax(axis=1)
-        return (out.argmax(axis=1) == labels).sum()
-    diff = out - tb
-    return (diff * diff).sum(axis=0)
-
-
-def _r2_from_sums(ss_res, ss_tot):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
-    return float(r2.mean())
-
-
-def _evaluate(net, x, targets):
-    """(loss, metric) on validation arrays already on the device."""
-    from .mlp import r2_score
-    with np.errstate(over="ignore", invalid="ignore"):
-        loss = float(net._loss_device(x, targets, include_decay=False))
-        out = net._infer(x, activate=False)
-    if net.is_classifier:
-        labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
-        return loss, float((out.argmax(axis=1) == labels).mean())
-    return loss, r2_score(net.backend.to_numpy(targets), net.backend.to_numpy(out))
+def _check_validation(net, validation_data):
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise TypeError("validation_data must be a pair (X_val, y_val)")
+    xv = net.features(validation_data[0], name="X_val")
+    return xv, net.targets(validation_data[1], xv.shape[0], name="y_val")
 
 
 def _optimizer_by_name(name, lr, momentum, nesterov):
@@ -282,7 +189,7 @@ def _optimizer_by_name(name, lr, momentum, nesterov):
 
 
 def _check_monitor(monitor, is_classifier, has_validation):
-    metric = "accuracy" if is_classifier else "r2"
+    metric = metric_name(is_classifier)
     known = ["loss", metric] + (["val_loss", f"val_{metric}"] if has_validation else [])
     if monitor not in known:
         if monitor in ("val_loss", f"val_{metric}"):
@@ -290,14 +197,225 @@ def _check_monitor(monitor, is_classifier, has_validation):
         raise ValueError(f"early stopping cannot monitor {monitor!r}; this fit records {', '.join(known)}")
 
 
-def _early_stopping_epoch(stopper, history, net, epoch, best_params):
-    """Feed the epoch's monitored value to ``stopper``, keep the best parameters (a device
-    copy), note the outcome on ``history``; True when training should stop now."""
-    if stopper.update(epoch + 1, history[stopper.monitor][-1]):
-        if best_params is not None:
-            best_params[...] = net.flat_params
-    history.best_epoch, history.best_value = stopper.best_epoch, stopper.best_value
-    if stopper.should_stop:
-        history.stopped_epoch = epoch + 1
-        return True
-    return False
+# ---- phase 3: step ----------------------------------------------------------------------------
+class TrainingStep:
+    """One optimizer step of ``net`` on a batch, with fit's running sums and divergence flag.
+
+    ``step(x, targets, row_scale, batch_weight, lr)`` runs the forward and backward pass in
+    buffers of its own (one ``Workspace`` per batch size), flags a non-finite loss or
+    gradient, clips the gradient to ``clip_norm``, and applies ``optimizer`` under the
+    model's write lock, so concurrent readers see the parameters before or after the update.
+    On the device it reads nothing back: the flag, the loss and the metric accumulate there
+    until ``end_epoch``. Where reads are free (the CPU) a bad step raises at once.
+    """
+
+    def __init__(self, net, optimizer, clip_norm=None):
+        self.net = net
+        self.optimizer = optimizer
+        self.clip_norm = clip_norm
+        self._workspaces = {}
+        self.epoch = 0
+
+    def begin_epoch(self, epoch: int):
+        """Zero the epoch's device sums and divergence flag."""
+        xp, net = self.net.backend.xp, self.net
+        self.epoch, self.steps = epoch, 0
+        self.loss_sum = xp.zeros((), dtype=np.float64)
+        self.metric_sum = xp.zeros(() if net.is_classifier else (net.sizes[-1],), dtype=np.float64)
+        self.bad = xp.zeros((), dtype=bool)
+
+    def workspace(self, rows):
+        ws = self._workspaces.get(rows)
+        if ws is None:
+            ws = self._workspaces[rows] = self.net.workspace(rows)
+        return ws
+
+    def __call__(self, x, targets, row_scale=None, batch_weight=None, lr=None):
+        """One step on the batch (x, targets) with per-example ``row_scale`` (and their sum
+        ``batch_weight``; default the batch size); ``lr`` overrides the optimizer's rate."""
+        net, be = self.net, self.net.backend
+        xp = be.xp
+        ws = self.workspace(x.shape[0])
+        self.steps += 1
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = net.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=False)
+            gss = be.sumsq(ws.flat_grads)
+            self.bad = self.bad | ~xp.isfinite(loss) | ~xp.isfinite(gss)
+            scale = 1.0
+            if self.clip_norm is not None:
+                scale = xp.minimum(1.0, self.clip_norm / (xp.sqrt(gss) + 1e-12)).astype(net.dtype)
+            if be.host_reads_are_free and bool(self.bad):
+                raise TrainingDiverged(
+                    f"loss or gradient became non-finite at epoch {self.epoch + 1}, step {self.steps} "
+                    f"(loss={float(loss)}); parameters are those from before that step. "
+                    "Try a smaller learning rate or clip_norm.")
+            with net.writing_parameters():
+                self.optimizer.step(be, net.flat_params, ws.flat_grads, weight_decay=net.weight_decay,
+                                    n_decay=net.n_weights, scale=scale, skip=self.bad,
+                                    **({} if lr is None else {"lr": lr}))
+            self.loss_sum += loss * (x.shape[0] if batch_weight is None else batch_weight)
+            self.metric_sum += batch_metric_sum(ws.output, targets, net.is_classifier)
+        return loss
+
+    def end_epoch(self):
+        """(loss sum, metric sum) of the epoch on the host: one read of the device. Raises
+        TrainingDiverged when a step was non-finite (its update and all later ones skipped)."""
+        be = self.net.backend
+        if not be.host_reads_are_free and bool(self.bad):
+            discard = getattr(self.optimizer, "discard_skipped_steps", None)
+            if discard is not None:
+                discard()
+            raise TrainingDiverged(
+                f"loss or gradient became non-finite during epoch {self.epoch + 1}; parameters are those "
+                "from before the first bad step. Try a smaller learning rate or clip_norm.")
+        return float(self.loss_sum), be.to_numpy(self.metric_sum)
+
+
+# ---- phase 2: epoch ---------------------------------------------------------------------------
+def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int):
+    """One pass over the data in (shuffled) batches; returns the lr of its last step."""
+    be = net.backend
+    order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
+    order = be.asarray(order)
+    lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
+    step.begin_epoch(epoch)
+    for index, start in enumerate(range(0, plan.n, plan.batch_size)):
+        if plan.schedule_per_step and index:
+            lr = plan.lr_for(epoch, index)
+        idx = order[start:start + plan.batch_size]
+        row_scale = batch_weight = None
+        if plan.weights is not None:
+            wb = be.take_rows(plan.weights, idx)
+            batch_weight = wb.sum()
+            row_scale = row_scale_from_weights(wb, batch_weight)
+        step(be.take_rows(plan.x, idx), be.take_rows(plan.targets, idx), row_scale=row_scale,
+             batch_weight=batch_weight, lr=None if plan.schedule is None else lr)
+    return lr
+
+
+# ---- phase 4: record --------------------------------------------------------------------------
+def new_history(plan: FitPlan) -> History:
+    history = History(loss=[], **{plan.metric: []}, time=[])
+    if plan.validation is not None:
+        history["val_loss"], history[f"val_{plan.metric}"] = [], []
+    history["lr"] = []
+    return history
+
+
+def record_epoch(net, plan: FitPlan, history: History, sums, lr, started) -> dict:
+    """Append the epoch's figures to ``history`` (``started``: its ``perf_counter`` start);
+    returns them."""
+    loss_sum, metric_sum = sums
+    record = {"loss": loss_sum / plan.loss_denominator,
+              plan.metric: metric_from_sums(metric_sum, plan.n, plan.ss_tot)}
+    if plan.validation is not None:
+        record["val_loss"], record[f"val_{plan.metric}"] = evaluate(net, *plan.validation)
+    record["lr"] = lr
+    record["time"] = time.perf_counter() - started
+    for key, value in record.items():
+        history[key].append(value)
+    return record
+
+
+def evaluate(net, x, targets):
+    """(loss without the L2 term, metric) on backend arrays (x, targets)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = float(net.evaluate_loss(x, targets, include_decay=False))
+        out = net.evaluate_outputs(x, logits=True)
+    if net.is_classifier:
+        return loss, accuracy(labels_of(targets), out.argmax(axis=1))
+    be = net.backend
+    return loss, r2_score(be.to_numpy(targets), be.to_numpy(out))
+
+
+class _BestEpoch:
+    """Early stopping's bookkeeping: the monitored value per epoch, and a device copy of the
+    best epoch's parameters when they are to be restored."""
+
+    def __init__(self, net, stopper):
+        self.net, self.stopper = net, stopper
+        stopper.reset()
+        self.params = net.flat_params.copy() if stopper.restore_best_weights else None
+
+    def update(self, history: History, epoch: int) -> bool:
+        """Feed the epoch's value to the stopper, keep the parameters if it is the best so
+        far, note the outcome on ``history``; True when training should stop now."""
+        stopper = self.stopper
+        if stopper.update(epoch + 1, history[stopper.monitor][-1]) and self.params is not None:
+            self.params[...] = self.net.flat_params
+        history.best_epoch, history.best_value = stopper.best_epoch, stopper.best_value
+        if stopper.should_stop:
+            history.stopped_epoch = epoch + 1
+            return True
+        return False
+
+    def restore(self):
+        if self.params is not None and self.stopper.best_epoch is not None:
+            with self.net.writing_parameters():
+                self.net.flat_params[...] = self.params
+
+
+def _progress_bar(enabled, epochs):
+    """A tqdm bar over epochs when asked for, tqdm is installed and stderr is a terminal."""
+    if not enabled or epochs == 0:
+        return None
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        log.info("gpunet: install tqdm (pip install 'gpunet[progress]') for a progress bar")
+        return None
+    return tqdm(total=epochs, unit="epoch", dynamic_ncols=True, leave=True)
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+def fit(net, X, y, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=False, clip_norm=None,
+        validation_data=None, shuffle=True, progress=True, optimizer=None, schedule=None,
+        early_stopping=None, sample_weight=None) -> History:
+    """Train ``net`` in place and return a ``History``.
+
+    X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
+    regressors. ``lr``, ``momentum``, ``nesterov`` configure SGD unless an ``optimizer``
+    is given: an object (e.g. ``gpunet.optim.Adam(lr=1e-3)``), whose state then carries
+    over between calls, or a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``) built
+    with ``lr`` (and ``momentum``/``nesterov`` where they apply).
+    ``clip_norm`` rescales the gradient when its global L2 norm exceeds it.
+    ``schedule`` (``gpunet.schedules``, or ``f(epoch) -> factor``) scales the optimizer's
+    lr per epoch or per step; ``history["lr"]`` holds the lr of each epoch's last step.
+    ``early_stopping`` (True or a ``gpunet.schedules.EarlyStopping``) stops on a stalled
+    per-epoch metric and restores the best epoch's parameters; see ``History``.
+    ``sample_weight`` (N,) weighs each example's loss: every batch minimises its weighted
+    mean ``sum(w l) / sum(w)``, and ``history["loss"]`` is the weighted mean over the epoch
+    (accuracy and R^2 stay unweighted, as does the validation data).
+    ``progress`` shows a bar over the epochs (tqdm, when stderr is a terminal).
+
+    Every argument is checked before the model is touched. The model is claimed for the
+    whole call: a second ``fit`` of it (from any thread) raises RuntimeError, and other
+    threads' inference sees the parameters between two optimizer steps.
+    """
+    plan = prepare(net, X, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
+                   clip_norm=clip_norm, validation_data=validation_data, shuffle=shuffle, progress=progress,
+                   optimizer=optimizer, schedule=schedule, early_stopping=early_stopping,
+                   sample_weight=sample_weight)
+    with net.training():
+        history = new_history(plan)
+        step = TrainingStep(net, plan.optimizer, plan.clip_norm)
+        best = None if plan.stopper is None else _BestEpoch(net, plan.stopper)
+        bar = _progress_bar(plan.progress, plan.epochs)
+        try:
+            for epoch in range(plan.epochs):
+                started = time.perf_counter()
+                lr = run_epoch(net, plan, step, epoch)
+                record = record_epoch(net, plan, history, step.end_epoch(), lr, started)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "time"}, refresh=False)
+                    bar.update(1)
+                if best is not None and best.update(history, epoch):
+                    break
+            if best is not None:
+                best.restore()
+        finally:
+            if bar is not None:
+                bar.close()
+    return history

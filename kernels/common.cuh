@@ -1,4 +1,4 @@
-// Device helpers shared by every topic. gpunet/cuda.py compiles each kernels/<topic>.cu as
+// Device helpers shared by every topic. gpunet/cuda/sources.py compiles each kernels/<topic>.cu as
 // this file followed by the topic's source (a `#line` directive keeps error positions in the
 // topic file), so a formula that two topics need is written once. No toolkit header: NVRTC
 // has none, and these overloads pick the float or double libdevice function themselves.
@@ -12,22 +12,27 @@ __device__ __forceinline__ double gn_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float gn_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double gn_abs(double x) { return fabs(x); }
 
-// f'(z) of an element-wise activation, expressed through its output a = f(z). Ids and
-// parameters as in activations.cu: 1 sigmoid (p0 = c, p1 = beta), 2 tanh, 3 relu,
-// 4 leaky_relu (p0 = slope), anything else identity. Matches Activation.derivative_from_output.
-template <typename T, int KIND>
-__device__ __forceinline__ T act_derivative(T a, T p0, T p1) {
-    if (KIND == 1) {
-        return (a * (T(1) - a / p0)) * p1;
-    } else if (KIND == 2) {
-        return T(1) - a * a;
-    } else if (KIND == 3) {
-        return a > T(0) ? T(1) : T(0);         // slope 0 at z == 0, as the reference
-    } else if (KIND == 4) {
-        return a > T(0) ? T(1) : p0;
-    }
-    return T(1);
+// -inf and NaN from their bit patterns: NVRTC has no math.h to define macros for them.
+template <typename T> __device__ __forceinline__ T gn_neg_inf();
+template <> __device__ __forceinline__ float gn_neg_inf<float>() { return __int_as_float((int)0xff800000u); }
+template <> __device__ __forceinline__ double gn_neg_inf<double>() {
+    return __longlong_as_double((long long)0xfff0000000000000ull);
 }
+template <typename T> __device__ __forceinline__ T gn_nan();
+template <> __device__ __forceinline__ float gn_nan<float>() { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double gn_nan<double>() { return __longlong_as_double(0x7ff8000000000000ll); }
+
+// x[0 .. size) <- NaN, grid-stride over a 1-D launch. What a kernel writes when it is handed
+// a case it has no code for (an unknown activation id, a slot count without an instance):
+// a result that shows, never a silent stand-in.
+template <typename T>
+__device__ void gn_fill_nan(T* x, long long size) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) x[i] = gn_nan<T>();
+}
+
+// The element-wise activations (act_forward, act_derivative, GN_FOR_EACH_ACTIVATION) follow
+// this file: gpunet/cuda/sources.py generates them from the registry in gpunet/activations.py.
 
 // Sum of v over a block of exactly 256 threads, in a fixed tree order; valid in every
 // thread. Call at most once per kernel (its shared slot 0 would be overwritten).

@@ -1,8 +1,8 @@
 // Mean squared error at the output, fused with the output activation's derivative.
 //
-// Activation ids and parameters as in activations.cu (0 identity, 1 sigmoid (c, beta),
-// 2 tanh, 3 relu, 4 leaky_relu (slope)); act_derivative and block_sum_256 come from
-// common.cuh, shared with activations.cu and reduce.cu.
+// Activation ids and parameters as in activations.cu (generated from gpunet/activations.py:
+// act_derivative, GN_FOR_EACH_ACTIVATION); block_sum_256 and gn_fill_nan come from
+// common.cuh. An id without a case writes NaN into grad and block_sums.
 // Softmax outputs are row-wise and are left to the reference implementation.
 
 // ---- MSE gradient and per-block squared error ---------------------------------------------
@@ -33,11 +33,13 @@ __device__ void mse_grad(const T* a, const T* y, long long rows, long long cols,
     const long long size = rows * cols;
     const T n_rows = T(rows);
     switch (kind) {
-        case 1: mse_grad_loop<T, 1>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
-        case 2: mse_grad_loop<T, 2>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
-        case 3: mse_grad_loop<T, 3>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
-        case 4: mse_grad_loop<T, 4>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
-        default: mse_grad_loop<T, 0>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
+#define GN_CASE(KIND) case KIND: mse_grad_loop<T, KIND>(a, y, size, n_rows, p0, p1, grad, block_sums); break;
+        GN_FOR_EACH_ACTIVATION(GN_CASE)
+#undef GN_CASE
+        default:
+            gn_fill_nan(grad, size);
+            if (threadIdx.x == 0) block_sums[blockIdx.x] = gn_nan<double>();
+            break;
     }
 }
 

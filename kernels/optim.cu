@@ -12,7 +12,7 @@
 //
 // To add an optimizer: a new section with its formula comment, a template over T using
 // the rn_* helpers, and extern "C" <name>_f32 / <name>_f64 wrappers; a launcher in
-// gpunet/cuda.py; an override in gpunet/cupy_backend.py.
+// gpunet/cuda/launch.py; an override in gpunet/cupy_backend.py (docs/extending.md).
 
 // ---- correctly rounded arithmetic without contraction --------------------------------------
 __device__ __forceinline__ float rn_add(float a, float b) { return __fadd_rn(a, b); }

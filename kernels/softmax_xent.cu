@@ -11,18 +11,11 @@
 // memory is read a second time instead, mostly from L2. No atomics: every result is
 // bitwise reproducible for a given shape and launch configuration.
 //
-// The launcher (gpunet/cuda.py) picks kernel, block size, `cached` and grid; grids are
-// capped and the kernels grid-stride over rows.
+// The launcher (gpunet/cuda/launch.py, layouts in gpunet/cuda/layout.py) picks kernel, block
+// size, `cached` and grid; grids are capped and the kernels grid-stride over rows. A slot
+// count without an instance writes NaN rows (and NaN row losses).
 
-// gn_exp and gn_log come from common.cuh.
-
-// -inf and NaN from their bit patterns: NVRTC has no math.h to define macros for them.
-template <typename T> __device__ __forceinline__ T neg_inf();
-template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float((int)0xff800000u); }
-template <> __device__ __forceinline__ double neg_inf<double>() {
-    return __longlong_as_double((long long)0xfff0000000000000ull);
-}
-__device__ __forceinline__ double nan_f64() { return __longlong_as_double(0x7ff8000000000000ll); }
+// gn_exp, gn_log, gn_neg_inf, gn_nan and gn_fill_nan come from common.cuh.
 
 // ---- online max / sum-exp ------------------------------------------------------------------
 template <typename T>
@@ -36,7 +29,7 @@ __device__ __forceinline__ void stats_push(RowStats<T>& st, T x) {
     if (x > st.max) {  // one exp per element: rescale the old sum only when the max moves
         st.sum = st.sum * gn_exp(st.max - x) + T(1);
         st.max = x;
-    } else if (x != neg_inf<T>()) {
+    } else if (x != gn_neg_inf<T>()) {
         // -inf adds exp(-inf) = 0 (skipped so that -inf - -inf never makes a NaN);
         // a NaN x lands here and poisons the sum, as it does in the reference
         st.sum += gn_exp(x - st.max);
@@ -138,14 +131,14 @@ struct RowShare {
     // Read the share (keeping it) and return the stats of the whole row.
     __device__ __forceinline__ RowStats<T> load(const T* z, long long cols, const RowGroup& g) {
         RowStats<T> st;
-        st.max = neg_inf<T>();
+        st.max = gn_neg_inf<T>();
         st.sum = T(0);
         if (SLOTS > 0) {
             // all loads first, so that they are in flight together; padding -inf adds nothing
 #pragma unroll
             for (int k = 0; k < SLOTS; ++k) {   // a row of <= 32 * 1024 columns: int indices
                 const int j = g.lane + k * kStride;
-                v[k] = j < cols ? z[j] : neg_inf<T>();
+                v[k] = j < cols ? z[j] : gn_neg_inf<T>();
             }
 #pragma unroll
             for (int k = 0; k < SLOTS; ++k) stats_push(st, v[k]);
@@ -221,7 +214,7 @@ __device__ void softmax_xent_rows(const T* logits, const long long* labels, long
             }
             out[j] = p / n_rows;
         });
-        if (g.lane == 0 && (y < 0 || y >= cols)) row_loss[row] = nan_f64();
+        if (g.lane == 0 && (y < 0 || y >= cols)) row_loss[row] = gn_nan<double>();
     }
 }
 
@@ -231,7 +224,11 @@ __device__ void softmax_xent_warp(const T* logits, const long long* labels, long
     switch (slots) {
         case 1: softmax_xent_rows<T, true, 1>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
         case 4: softmax_xent_rows<T, true, 4>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        default: softmax_xent_rows<T, true, 32>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        case 32: softmax_xent_rows<T, true, 32>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        default:
+            gn_fill_nan(grad, rows * cols);
+            gn_fill_nan(row_loss, rows);
+            break;
     }
 }
 
@@ -262,7 +259,7 @@ extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f64(
 // (`slots` in {2, 4, 8, 16, 32} per thread, 1024 * slots >= cols) instead of shared memory.
 // Every load of a thread's share is issued before the first is used, so far more bytes are
 // in flight per SM than the shared-memory loop keeps (what a memory-bound row needs); the
-// launcher picks it with GPUNET_LONG_ROWS=registers (gpunet/cuda.py), the benchmarks time
+// launcher picks it with GPUNET_LONG_ROWS=registers (gpunet/cuda/layout.py), the benchmarks time
 // both. 32 doubles a thread would spill: float64 has at most 16 slots.
 // Whether a *_block_regs launch is one the launcher makes: GN_BLOCK_REGS_THREADS threads
 // and a slot count with an instance (32 only for float).
@@ -275,17 +272,18 @@ __device__ __forceinline__ bool block_regs_launch_ok(int slots) {
 template <typename T>
 __device__ void softmax_xent_block_regs(const T* logits, const long long* labels, long long rows, long long cols,
                                         int slots, T* grad, double* row_loss) {
-    if (!block_regs_launch_ok<T>(slots)) {  // a wrong launch shows as NaN losses
-        if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) row_loss[row] = nan_f64();
-        return;
-    }
-    switch (slots) {
+    // a launch the launcher never makes (block size, a slot count without an instance) shows as NaN
+    switch (block_regs_launch_ok<T>(slots) ? slots : 0) {
         case 2: softmax_xent_rows<T, false, 2>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
         case 4: softmax_xent_rows<T, false, 4>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
         case 8: softmax_xent_rows<T, false, 8>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
         case 16: softmax_xent_rows<T, false, 16>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        default:
+        case 32:   // float only: block_regs_launch_ok refuses 32 doubles
             if constexpr (sizeof(T) == 4) softmax_xent_rows<T, false, 32>(logits, labels, rows, cols, nullptr, grad, row_loss);
+            break;
+        default:
+            gn_fill_nan(grad, rows * cols);
+            gn_fill_nan(row_loss, rows);
             break;
     }
 }
@@ -322,7 +320,8 @@ __device__ void softmax_warp(const T* z, long long rows, long long cols, int slo
     switch (slots) {
         case 1: softmax_rows<T, true, 1>(z, rows, cols, nullptr, out); break;
         case 4: softmax_rows<T, true, 4>(z, rows, cols, nullptr, out); break;
-        default: softmax_rows<T, true, 32>(z, rows, cols, nullptr, out); break;
+        case 32: softmax_rows<T, true, 32>(z, rows, cols, nullptr, out); break;
+        default: gn_fill_nan(out, rows * cols); break;
     }
 }
 
@@ -336,18 +335,16 @@ extern "C" __global__ void __launch_bounds__(256) softmax_warp_f64(
 }
 template <typename T>
 __device__ void softmax_block_regs(const T* z, long long rows, long long cols, int slots, T* out) {
-    if (!block_regs_launch_ok<T>(slots)) {  // a wrong launch shows as NaN rows
-        if (threadIdx.x == 0) for (long long row = blockIdx.x; row < rows; row += gridDim.x) out[row * cols] = T(nan_f64());
-        return;
-    }
-    switch (slots) {
+    // a launch the launcher never makes (block size, a slot count without an instance) shows as NaN
+    switch (block_regs_launch_ok<T>(slots) ? slots : 0) {
         case 2: softmax_rows<T, false, 2>(z, rows, cols, nullptr, out); break;
         case 4: softmax_rows<T, false, 4>(z, rows, cols, nullptr, out); break;
         case 8: softmax_rows<T, false, 8>(z, rows, cols, nullptr, out); break;
         case 16: softmax_rows<T, false, 16>(z, rows, cols, nullptr, out); break;
-        default:
+        case 32:   // float only: block_regs_launch_ok refuses 32 doubles
             if constexpr (sizeof(T) == 4) softmax_rows<T, false, 32>(z, rows, cols, nullptr, out);
             break;
+        default: gn_fill_nan(out, rows * cols); break;
     }
 }
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
+from gpunet.optim import SGDHyper
 from conftest import ELEMENTWISE_ACTIVATIONS, tolerance
 
 ROWS = [1, 7]
@@ -272,9 +273,9 @@ def test_sgd_update_matches_unfused(case, size, scale_as_array, backend, dtype, 
     scale = backend.xp.asarray(cfg["scale"], dtype=dtype) if scale_as_array else cfg["scale"]
     for g_host, skip in zip(grads_seq, skips):
         skip_flag = backend.xp.asarray(skip) if scale_as_array else skip
-        backend.sgd_update(params, on_device(backend, g_host), velocity, lr=lr, momentum=cfg["momentum"],
-                           nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"], n_decay=n_decay,
-                           scale=scale, skip=skip_flag)
+        hyper = SGDHyper(lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+        backend.sgd_update(params, on_device(backend, g_host), velocity, hyper, n_decay=n_decay, scale=scale,
+                           skip=skip_flag)
     want_p, want_v = ref_sgd_steps(p_host, grads_seq, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"],
                                    weight_decay=cfg["weight_decay"], n_decay=n_decay,
                                    scale=float(np.float32(cfg["scale"]) if dtype == "float32" and scale_as_array
@@ -289,9 +290,9 @@ def test_sgd_update_decays_weights_prefix_only(backend, rng):
     size, n_decay = 11, 6
     p_host, g_host = draw(rng, (size,), np.float64), draw(rng, (size,), np.float64)
     decayed, plain = on_device(backend, p_host), on_device(backend, p_host)
-    common = dict(lr=0.1, momentum=0.0, nesterov=False, n_decay=n_decay, scale=1.0, skip=False)
-    backend.sgd_update(decayed, on_device(backend, g_host), None, weight_decay=0.5, **common)
-    backend.sgd_update(plain, on_device(backend, g_host), None, weight_decay=0.0, **common)
+    common = dict(n_decay=n_decay, scale=1.0, skip=False)
+    backend.sgd_update(decayed, on_device(backend, g_host), None, SGDHyper(lr=0.1, weight_decay=0.5), **common)
+    backend.sgd_update(plain, on_device(backend, g_host), None, SGDHyper(lr=0.1, weight_decay=0.0), **common)
     decayed, plain = host(decayed), host(plain)
     np.testing.assert_array_equal(decayed[n_decay:], plain[n_decay:])   # biases: no decay at all
     np.testing.assert_allclose(decayed[:n_decay] - plain[:n_decay], -0.1 * 0.5 * p_host[:n_decay], rtol=1e-12)
@@ -303,8 +304,8 @@ def test_sgd_update_skip_changes_nothing(momentum, backend, dtype, rng):
     v_host = draw(rng, (9,), dtype)
     params, velocity = on_device(backend, p_host), on_device(backend, v_host) if momentum else None
     for skip in (True, backend.xp.asarray(True)):
-        backend.sgd_update(params, on_device(backend, g_host), velocity, lr=0.1, momentum=momentum,
-                           nesterov=False, weight_decay=0.1, n_decay=5, scale=1.0, skip=skip)
+        backend.sgd_update(params, on_device(backend, g_host), velocity,
+                           SGDHyper(lr=0.1, momentum=momentum, weight_decay=0.1), n_decay=5, scale=1.0, skip=skip)
     np.testing.assert_array_equal(gn.to_numpy(params), p_host)
     if momentum:
         np.testing.assert_array_equal(gn.to_numpy(velocity), v_host)
@@ -313,8 +314,9 @@ def test_sgd_update_skip_changes_nothing(momentum, backend, dtype, rng):
 def test_sgd_update_leaves_gradients_untouched(backend, dtype, rng):
     p_host, g_host = draw(rng, (20,), dtype), draw(rng, (20,), dtype)
     grads = on_device(backend, g_host)
-    backend.sgd_update(on_device(backend, p_host), grads, backend.zeros((20,), dtype), lr=0.1, momentum=0.9,
-                       nesterov=True, weight_decay=0.1, n_decay=12, scale=0.5, skip=False)
+    backend.sgd_update(on_device(backend, p_host), grads, backend.zeros((20,), dtype),
+                       SGDHyper(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1), n_decay=12, scale=0.5,
+                       skip=False)
     np.testing.assert_array_equal(gn.to_numpy(grads), g_host)
 
 

@@ -27,7 +27,7 @@ NO_GPU_REASON = "CuPy is not importable (simulated for this test)"
 @pytest.fixture(autouse=True)
 def restore_active_backend(monkeypatch):
     """Every test here may switch backends; monkeypatch puts the previous one back."""
-    monkeypatch.setattr(backend_module, "_active", backend_module._active)
+    monkeypatch.setattr(backend_module, "_default", backend_module._default)
     monkeypatch.delenv("GPUNET_BACKEND", raising=False)
 
 
@@ -39,7 +39,7 @@ def no_gpu(monkeypatch):
 @pytest.fixture
 def fresh(monkeypatch):
     """As if gpunet had just been imported: no backend chosen yet."""
-    monkeypatch.setattr(backend_module, "_active", None)
+    monkeypatch.setattr(backend_module, "_default", None)
 
 
 # ---- set / get ------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_unknown_environment_value_is_reported_under_its_name(fresh, monkeypatch
     monkeypatch.setenv("GPUNET_BACKEND", "gpu")
     with pytest.raises(ValueError, match=r"GPUNET_BACKEND='gpu': unknown backend 'gpu'; choose from auto, numpy, cupy"):
         gn.get_backend()
-    assert backend_module._active is None   # nothing half-chosen
+    assert not backend_module.default_backend_chosen()   # nothing half-chosen
 
 
 def test_environment_cupy_without_gpu_raises_with_the_reason(no_gpu, fresh, monkeypatch):
@@ -201,17 +201,20 @@ def test_use_backend_restores_after_an_exception():
     assert gn.get_backend() is outer
 
 
-def test_use_backend_restores_even_after_set_backend_inside(no_gpu):
-    outer = gn.set_backend("numpy")
-    with gn.use_backend("numpy"):
-        gn.set_backend("auto")
-    assert gn.get_backend() is outer
+def test_set_backend_inside_use_backend_sets_the_process_default(no_gpu):
+    """The block keeps its own selection; set_backend changes the default that applies
+    outside every block (in every thread), which the block's exit does not undo."""
+    gn.set_backend("numpy")
+    with gn.use_backend("numpy") as scoped:
+        new_default = gn.set_backend("auto")
+        assert gn.get_backend() is scoped
+    assert gn.get_backend() is new_default
 
 
 def test_use_backend_on_a_fresh_session_leaves_the_choice_open(fresh, monkeypatch):
     with gn.use_backend("numpy"):
         pass
-    assert backend_module._active is None
+    assert not backend_module.default_backend_chosen()
     monkeypatch.setenv("GPUNET_BACKEND", "numpy")
     assert gn.get_backend().name == "numpy"    # first use still reads the variable
 

@@ -26,7 +26,7 @@ FAST = ["--no-progress", "--epochs", "3", "--hidden", "32"]
 @pytest.fixture(autouse=True)
 def restore_active_backend(monkeypatch):
     """``gpunet train --backend`` switches the process-wide backend; put it back afterwards."""
-    monkeypatch.setattr(backend_module, "_active", backend_module._active)
+    monkeypatch.setattr(backend_module, "_default", backend_module._default)
     monkeypatch.delenv("GPUNET_BACKEND", raising=False)
 
 
@@ -197,7 +197,7 @@ def test_cupy_backend_without_gpu_exits_2_with_the_reason(capsys):
 
 @pytest.mark.skipif(GPU_OK, reason="a GPU is usable here, so GPUNET_BACKEND=cupy works")
 def test_train_honours_gpunet_backend(capsys, monkeypatch):
-    monkeypatch.setattr(backend_module, "_active", None)
+    monkeypatch.setattr(backend_module, "_default", None)
     monkeypatch.setenv("GPUNET_BACKEND", "cupy")
     code, out, err = run_main(["train", "--dataset", "spirals", *FAST], capsys)
     assert code == 2 and "GPUNET_BACKEND='cupy'" in err

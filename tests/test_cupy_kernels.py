@@ -18,8 +18,9 @@ import pytest
 cupy = pytest.importorskip("cupy")
 
 import gpunet as gn  # noqa: E402
-from gpunet import cuda  # noqa: E402
+from gpunet.cuda import layout, sources  # noqa: E402
 from gpunet.cupy_backend import CupyBackend  # noqa: E402
+from gpunet.optim import SGDHyper  # noqa: E402
 from conftest import ELEMENTWISE_ACTIVATIONS  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -30,8 +31,8 @@ ACTS = ELEMENTWISE_ACTIVATIONS
 # every thread loop (and is past the 65535 * 256 mark of the old 1-D grid limit)
 WRAP_1D = 65535 * 256 + 4099
 # row kernels: one warp per row for short rows (8 rows per block), one block for long rows
-WRAP_WARP_ROWS = cuda.MAX_GRID_ROWS * (cuda.BLOCK // 32) + 77
-WRAP_BLOCK_ROWS = cuda.MAX_GRID_ROWS + 77
+WRAP_WARP_ROWS = layout.MAX_GRID_ROWS * (layout.BLOCK // 32) + 77
+WRAP_BLOCK_ROWS = layout.MAX_GRID_ROWS + 77
 
 
 @pytest.fixture
@@ -164,7 +165,7 @@ def test_bias_grad_matches_reference(gpu, ref, shape, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_grad_is_deterministic(gpu, dtype, rng):
     delta = cupy.asarray(draw(rng, (70001, 37), dtype))   # several row chunks: two-pass sum
-    assert cuda.column_sums_chunks(*delta.shape)[0] > 1
+    assert layout.column_sums_chunks(*delta.shape)[0] > 1
     assert_bitwise(gpu.bias_grad(delta), gpu.bias_grad(delta))
 
 
@@ -192,7 +193,7 @@ XENT_SHAPES = [(1, 1), (5, 3), (7, 10), (3, 1000), (3, 1024), (3, 1025), (4, 409
                (WRAP_WARP_ROWS, 3), (WRAP_BLOCK_ROWS, 1100)]
 
 
-@pytest.fixture(params=cuda.LONG_ROW_VARIANTS)
+@pytest.fixture(params=layout.LONG_ROW_VARIANTS)
 def long_rows(request, monkeypatch):
     """Each long-row variant of the row kernels in turn (GPUNET_LONG_ROWS)."""
     monkeypatch.setenv("GPUNET_LONG_ROWS", request.param)
@@ -292,9 +293,9 @@ def test_long_rows_without_the_shared_memory_copy_agree_bitwise(gpu, monkeypatch
     kept = cupy.empty(z.shape, dtype=dtype)
     loss_kept = gpu.softmax_xent(z, labels, kept)
     probs_kept = gpu.softmax(z)
-    assert cuda.row_layout(37, cols, np.dtype(dtype).itemsize).mode == 1
-    monkeypatch.setattr(cuda, "_max_dynamic_smem", lambda: 0)
-    assert cuda.row_layout(37, cols, np.dtype(dtype).itemsize).mode == 0
+    assert layout.row_layout(37, cols, np.dtype(dtype).itemsize).mode == 1
+    monkeypatch.setattr(layout, "max_dynamic_smem", lambda: 0)
+    assert layout.row_layout(37, cols, np.dtype(dtype).itemsize).mode == 0
     reread = cupy.empty(z.shape, dtype=dtype)
     assert_bitwise(gpu.softmax_xent(z, labels, reread), loss_kept)
     assert_bitwise(reread, kept)
@@ -306,12 +307,12 @@ def test_register_rows_launched_wrongly_give_nan_losses(rng):
     labels = cupy.asarray(rng.integers(0, 2000, size=5))
     grad = cupy.empty((5, 2000), np.float32)
     row_loss = cupy.zeros(5, np.float64)
-    kernel = cuda.get_kernel("softmax_xent", "softmax_xent_block_regs_f32")
+    kernel = sources.get_kernel("softmax_xent", "softmax_xent_block_regs_f32")
     kernel((5,), (256,), (z, labels, np.int64(5), np.int64(2000), np.int32(2), grad, row_loss))   # not 1024
     assert np.isnan(host(row_loss)).all()
     row_loss[...] = 0      # 32 doubles per thread is not an instance: NaN losses too
     z64 = z.astype(np.float64)
-    kernel64 = cuda.get_kernel("softmax_xent", "softmax_xent_block_regs_f64")
+    kernel64 = sources.get_kernel("softmax_xent", "softmax_xent_block_regs_f64")
     kernel64((5,), (1024,), (z64, labels, np.int64(5), np.int64(2000), np.int32(32), z64.copy(), row_loss))
     assert np.isnan(host(row_loss)).all()
 
@@ -438,10 +439,11 @@ def test_sgd_update_matches_reference_bitwise(gpu, ref, case, size, dtype, rng):
     for step in range(3):
         g_host = draw(rng, (size,), dtype)
         scale = dtype(0.25 + 0.5 * step)
-        ref.sgd_update(p_ref, g_host, v_ref if cfg["momentum"] else None, lr=0.05, n_decay=n_decay,
-                       scale=scale, skip=False, **cfg)
-        gpu.sgd_update(p_gpu, cupy.asarray(g_host), v_gpu if cfg["momentum"] else None, lr=0.05, n_decay=n_decay,
-                       scale=cupy.asarray(scale), skip=cupy.zeros((), dtype=bool), **cfg)
+        hyper = SGDHyper(lr=0.05, **cfg)
+        ref.sgd_update(p_ref, g_host, v_ref if cfg["momentum"] else None, hyper, n_decay=n_decay,
+                       scale=scale, skip=False)
+        gpu.sgd_update(p_gpu, cupy.asarray(g_host), v_gpu if cfg["momentum"] else None, hyper, n_decay=n_decay,
+                       scale=cupy.asarray(scale), skip=cupy.zeros((), dtype=bool))
     assert_bitwise(p_gpu, p_ref)
     assert_bitwise(v_gpu, v_ref)         # untouched (still v_host) when momentum == 0
 
@@ -449,7 +451,7 @@ def test_sgd_update_matches_reference_bitwise(gpu, ref, case, size, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sgd_update_host_scale_and_skip(gpu, ref, dtype, rng):
     p_host, g_host, v_host = (draw(rng, (777,), dtype) for _ in range(3))
-    kwargs = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, n_decay=500)
+    kwargs = dict(hyper=SGDHyper(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), n_decay=500)
     p_ref, v_ref = p_host.copy(), v_host.copy()
     ref.sgd_update(p_ref, g_host, v_ref, scale=1.0, skip=False, **kwargs)
     ref.sgd_update(p_ref, g_host, v_ref, scale=0.3, skip=False, **kwargs)
@@ -472,8 +474,8 @@ def test_sgd_update_skip_is_read_on_the_device(gpu, rng):
     p = cupy.asarray(p_host)
     loss = cupy.asarray(np.float32(np.nan))
     skip = ~cupy.isfinite(loss)
-    gpu.sgd_update(p, cupy.asarray(draw(rng, (100,), np.float32)), None, lr=0.1, momentum=0.0, nesterov=False,
-                   weight_decay=0.0, n_decay=50, scale=1.0, skip=skip)
+    gpu.sgd_update(p, cupy.asarray(draw(rng, (100,), np.float32)), None, SGDHyper(lr=0.1), n_decay=50, scale=1.0,
+                   skip=skip)
     np.testing.assert_array_equal(host(p), p_host)
 
 
@@ -481,7 +483,7 @@ def test_sgd_update_skip_is_read_on_the_device(gpu, rng):
 def _forbid_kernels(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel was launched for an input the kernels do not take")
-    monkeypatch.setattr(cuda, "get_kernel", refuse)
+    monkeypatch.setattr(sources, "get_kernel", refuse)
 
 
 def test_non_contiguous_inputs_use_the_reference(gpu, ref, monkeypatch, rng):
@@ -542,8 +544,8 @@ def test_a_subclassed_activation_is_not_fused(gpu, monkeypatch, rng):
 
 # ---- loading ---------------------------------------------------------------------------------------
 def test_every_kernel_loads_on_this_device():
-    loaded = cuda.load_all()
-    assert set(loaded) == set(cuda.kernel_sources())
+    loaded = sources.load_all()
+    assert set(loaded) == set(sources.kernel_sources())
     assert all(names for names in loaded.values())
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import cuda
+from gpunet.cuda import layout
 from gpunet.optim import SGD, Adam
 
 cupy = pytest.importorskip("cupy")  # skips the module where CuPy is absent (the CPU CI)
@@ -37,12 +37,14 @@ def _warm_step(widths, optimizer, rows):
     x = be.asarray(rng.normal(size=(rows, widths[0])).astype(np.float32))
     y = be.asarray(rng.integers(0, widths[-1], size=rows))
 
+    ws = net.workspace(rows)
+
     def step():
-        loss = net._loss_and_grad_device(x, y, include_decay=False)
-        optimizer.step(be, net.flat_params, net.flat_grads, weight_decay=0.0, n_decay=net.n_weights)
+        loss = net.loss_and_grad_into(x, y, ws, include_decay=False)
+        optimizer.step(be, net.flat_params, ws.flat_grads, weight_decay=0.0, n_decay=net.n_weights)
         return loss
 
-    step()   # compiles, builds the workspace and the optimizer state
+    step()   # compiles, builds the optimizer state
     return step
 
 
@@ -50,7 +52,7 @@ def _expected_launches(widths, rows):
     """(3L-1) GEMMs + (L-1) bias+act + 1 logits bias + 2 softmax-xent + (L-1) act backward
     + 1 update, and the column sums: 6L + 1 when each takes one launch."""
     layers = len(widths) - 1
-    column_sum_launches = sum(1 if cuda.column_sums_chunks(rows, n)[0] == 1 else 2 for n in widths[1:])
+    column_sum_launches = sum(1 if layout.column_sums_chunks(rows, n)[0] == 1 else 2 for n in widths[1:])
     return 5 * layers + 1 + column_sum_launches
 
 

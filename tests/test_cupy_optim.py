@@ -13,13 +13,13 @@ import pytest
 
 cupy = pytest.importorskip("cupy")
 
-from gpunet import cuda  # noqa: E402
-from gpunet.optim import Adam, AdamW, RMSprop  # noqa: E402
+from gpunet.cuda import layout  # noqa: E402
+from gpunet.optim import Adam, AdamHyper, AdamW, RMSprop, RMSpropHyper  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [np.float32, np.float64]
-WRAP_1D = cuda.MAX_GRID_1D * cuda.BLOCK * 3 + 4099    # every thread of the capped grid loops
+WRAP_1D = layout.MAX_GRID_1D * layout.BLOCK * 3 + 4099    # every thread of the capped grid loops
 SIZES = [1, 3, 1000, 32768, WRAP_1D]
 
 
@@ -71,9 +71,10 @@ def test_adam_update_matches_reference_bitwise(gpu, ref, case, size, dtype, rng)
     for step in range(1, 4):
         g_host = draw(rng, size, dtype)
         scale = dtype(0.25 + 0.5 * step)
-        kwargs = dict(lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=step, n_decay=n_decay, **cfg)
-        ref.adam_update(p_ref, g_host, m_ref, v_ref, scale=scale, skip=False, **kwargs)
-        gpu.adam_update(p_gpu, cupy.asarray(g_host), m_gpu, v_gpu, scale=cupy.asarray(scale),
+        hyper = AdamHyper(lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8, **cfg)
+        kwargs = dict(step=step, n_decay=n_decay)
+        ref.adam_update(p_ref, g_host, m_ref, v_ref, hyper, scale=scale, skip=False, **kwargs)
+        gpu.adam_update(p_gpu, cupy.asarray(g_host), m_gpu, v_gpu, hyper, scale=cupy.asarray(scale),
                         skip=cupy.zeros((), dtype=bool), **kwargs)
     assert_bitwise(p_gpu, p_ref)
     assert_bitwise(m_gpu, m_ref)
@@ -108,10 +109,10 @@ def test_rmsprop_update_matches_reference_bitwise(gpu, ref, case, size, dtype, r
     for step in range(3):
         g_host = draw(rng, size, dtype)
         scale = dtype(1.5 - 0.5 * step)
-        kwargs = dict(lr=1e-3, alpha=0.9, eps=1e-8, n_decay=n_decay, **cfg)
-        ref.rmsprop_update(p_ref, g_host, s_ref, a_ref, b_ref, scale=scale, skip=False, **kwargs)
-        gpu.rmsprop_update(p_gpu, cupy.asarray(g_host), s_gpu, a_gpu, b_gpu, scale=cupy.asarray(scale),
-                           skip=cupy.zeros((), dtype=bool), **kwargs)
+        hyper = RMSpropHyper(lr=1e-3, alpha=0.9, eps=1e-8, **cfg)
+        ref.rmsprop_update(p_ref, g_host, s_ref, a_ref, b_ref, hyper, scale=scale, skip=False, n_decay=n_decay)
+        gpu.rmsprop_update(p_gpu, cupy.asarray(g_host), s_gpu, a_gpu, b_gpu, hyper, scale=cupy.asarray(scale),
+                           skip=cupy.zeros((), dtype=bool), n_decay=n_decay)
     assert_bitwise(p_gpu, p_ref)
     assert_bitwise(s_gpu, s_ref)
     if cfg["centered"]:
@@ -135,15 +136,17 @@ def test_extreme_magnitudes_agree(gpu, ref, dtype, rng):
         state_gpu = [cupy.zeros(size, dtype) for _ in range(3)]
         with np.errstate(over="ignore", invalid="ignore"):
             if op == "adam":
-                kwargs = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1, weight_decay=0.0,
-                              decoupled_weight_decay=0.0, n_decay=size)
-                ref.adam_update(p_ref, g_host, *state_ref[:2], scale=dtype(1), skip=False, **kwargs)
-                gpu.adam_update(p_gpu, cupy.asarray(g_host), *state_gpu[:2], scale=1.0, skip=False, **kwargs)
+                hyper = AdamHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                                  decoupled_weight_decay=0.0)
+                kwargs = dict(step=1, n_decay=size)
+                ref.adam_update(p_ref, g_host, *state_ref[:2], hyper, scale=dtype(1), skip=False, **kwargs)
+                gpu.adam_update(p_gpu, cupy.asarray(g_host), *state_gpu[:2], hyper, scale=1.0, skip=False,
+                                **kwargs)
             else:
-                kwargs = dict(lr=1e-3, alpha=0.99, eps=1e-8, momentum=0.9, centered=True, weight_decay=0.0,
-                              n_decay=size)
-                ref.rmsprop_update(p_ref, g_host, *state_ref, scale=dtype(1), skip=False, **kwargs)
-                gpu.rmsprop_update(p_gpu, cupy.asarray(g_host), *state_gpu, scale=1.0, skip=False, **kwargs)
+                hyper = RMSpropHyper(lr=1e-3, alpha=0.99, eps=1e-8, momentum=0.9, centered=True, weight_decay=0.0)
+                ref.rmsprop_update(p_ref, g_host, *state_ref, hyper, scale=dtype(1), skip=False, n_decay=size)
+                gpu.rmsprop_update(p_gpu, cupy.asarray(g_host), *state_gpu, hyper, scale=1.0, skip=False,
+                                   n_decay=size)
         np.testing.assert_array_equal(host(p_gpu), p_ref, err_msg=op)   # NaN equals NaN here
         for got, want in zip(state_gpu, state_ref):
             np.testing.assert_array_equal(host(got), want, err_msg=op)
@@ -153,21 +156,22 @@ def test_extreme_magnitudes_agree(gpu, ref, dtype, rng):
 def test_host_scale_and_skip_flags(gpu, ref, dtype, rng):
     size = 777
     p_host, g_host = draw(rng, size, dtype), draw(rng, size, dtype)
-    kwargs = dict(lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=1e-2, decoupled_weight_decay=0.0,
-                  n_decay=500)
+    hyper = AdamHyper(lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=1e-2, decoupled_weight_decay=0.0)
+    kwargs = dict(n_decay=500)
     p_ref, m_ref, v_ref = p_host.copy(), np.zeros(size, dtype), np.zeros(size, dtype)
-    ref.adam_update(p_ref, g_host, m_ref, v_ref, step=1, scale=1.0, skip=False, **kwargs)
-    ref.adam_update(p_ref, g_host, m_ref, v_ref, step=2, scale=0.3, skip=False, **kwargs)
+    ref.adam_update(p_ref, g_host, m_ref, v_ref, hyper, step=1, scale=1.0, skip=False, **kwargs)
+    ref.adam_update(p_ref, g_host, m_ref, v_ref, hyper, step=2, scale=0.3, skip=False, **kwargs)
     p, m, v, g = cupy.asarray(p_host), cupy.zeros(size, dtype), cupy.zeros(size, dtype), cupy.asarray(g_host)
-    gpu.adam_update(p, g, m, v, step=1, scale=1.0, skip=False, **kwargs)
-    gpu.adam_update(p, g, m, v, step=2, scale=0.3, skip=False, **kwargs)
+    gpu.adam_update(p, g, m, v, hyper, step=1, scale=1.0, skip=False, **kwargs)
+    gpu.adam_update(p, g, m, v, hyper, step=2, scale=0.3, skip=False, **kwargs)
     assert_bitwise(p, p_ref)
     before = [host(a).copy() for a in (p, m, v)]
-    gpu.adam_update(p, g, m, v, step=3, scale=1.0, skip=True, **kwargs)
-    gpu.adam_update(p, g, m, v, step=3, scale=cupy.asarray(dtype(0.5)), skip=cupy.ones((), dtype=bool), **kwargs)
+    gpu.adam_update(p, g, m, v, hyper, step=3, scale=1.0, skip=True, **kwargs)
+    gpu.adam_update(p, g, m, v, hyper, step=3, scale=cupy.asarray(dtype(0.5)), skip=cupy.ones((), dtype=bool),
+                    **kwargs)
     s, b = cupy.ones(size, dtype), cupy.zeros(size, dtype)
-    gpu.rmsprop_update(p, g, s, None, b, lr=0.1, alpha=0.9, eps=1e-8, momentum=0.9, centered=False,
-                       weight_decay=0.0, n_decay=500, scale=1.0, skip=cupy.ones((), dtype=bool))
+    gpu.rmsprop_update(p, g, s, None, b, RMSpropHyper(lr=0.1, alpha=0.9, eps=1e-8, momentum=0.9, centered=False),
+                       n_decay=500, scale=1.0, skip=cupy.ones((), dtype=bool))
     for got, old in zip((p, m, v), before):
         np.testing.assert_array_equal(host(got), old)
     np.testing.assert_array_equal(host(s), 1.0)
@@ -180,20 +184,18 @@ def test_skip_flag_is_read_on_the_device(gpu, rng):
     p = cupy.asarray(p_host)
     skip = ~cupy.isfinite(cupy.asarray(np.float32(np.nan)))
     gpu.adam_update(p, cupy.asarray(draw(rng, 100, np.float32)), cupy.zeros(100, np.float32),
-                    cupy.zeros(100, np.float32), lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, step=1,
-                    weight_decay=0.0, decoupled_weight_decay=0.0, n_decay=50, scale=1.0, skip=skip)
+                    cupy.zeros(100, np.float32), AdamHyper(lr=0.1), step=1, n_decay=50, scale=1.0, skip=skip)
     np.testing.assert_array_equal(host(p), p_host)
 
 
 def test_non_contiguous_buffers_fall_back_to_the_reference(gpu, ref, rng):
     p_host, g_host = draw(rng, 200, np.float64), draw(rng, 200, np.float64)
     p_ref, m_ref, v_ref = p_host[::2].copy(), np.zeros(100), np.zeros(100)
-    ref.adam_update(p_ref, g_host[::2], m_ref, v_ref, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, step=1,
-                    weight_decay=0.0, decoupled_weight_decay=0.0, n_decay=50, scale=1.0, skip=False)
+    hyper = AdamHyper(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+    ref.adam_update(p_ref, g_host[::2], m_ref, v_ref, hyper, step=1, n_decay=50, scale=1.0, skip=False)
     p_full = cupy.asarray(p_host)
-    gpu.adam_update(p_full[::2], cupy.asarray(g_host)[::2], cupy.zeros(100), cupy.zeros(100), lr=1e-2, beta1=0.9,
-                    beta2=0.999, eps=1e-8, step=1, weight_decay=0.0, decoupled_weight_decay=0.0, n_decay=50,
-                    scale=1.0, skip=False)
+    gpu.adam_update(p_full[::2], cupy.asarray(g_host)[::2], cupy.zeros(100), cupy.zeros(100), hyper, step=1,
+                    n_decay=50, scale=1.0, skip=False)
     np.testing.assert_allclose(host(p_full)[::2], p_ref, rtol=1e-14)
     np.testing.assert_array_equal(host(p_full)[1::2], p_host[1::2])
 

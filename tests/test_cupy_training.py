@@ -21,6 +21,7 @@ cupy = pytest.importorskip("cupy")
 import gpunet as gn  # noqa: E402
 from gpunet.data import load_digits  # noqa: E402
 from gpunet.optim import SGD  # noqa: E402
+from gpunet.train import TrainingStep  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -143,21 +144,15 @@ def test_two_seeded_runs_are_bitwise_identical(dtype):
 
 # ---- no host sync and no memory growth inside a step ------------------------------------------------
 def train_steps(net, optimizer, x, t, steps, after_step=None):
-    """The body of ``fit``'s step loop on fixed device arrays (so a test can watch each step)."""
-    be, xp = net.backend, net.backend.xp
-    loss_sum = xp.zeros((), dtype=np.float64)
-    bad = xp.zeros((), dtype=bool)
-    for step in range(steps):
-        loss = net._loss_and_grad_device(x, t, include_decay=False)
-        gss = be.sumsq(net.flat_grads)
-        bad = bad | ~xp.isfinite(loss) | ~xp.isfinite(gss)
-        scale = xp.minimum(1.0, 1.0 / (xp.sqrt(gss) + 1e-12)).astype(net.dtype)
-        optimizer.step(be, net.flat_params, net.flat_grads, weight_decay=net.weight_decay,
-                       n_decay=net.n_weights, scale=scale, skip=bad)
-        loss_sum += loss * x.shape[0]
+    """``fit``'s step (``gpunet.train.TrainingStep``, clipping at norm 1) on fixed device
+    arrays, so a test can watch each step; returns the device loss sum and divergence flag."""
+    step = TrainingStep(net, optimizer, clip_norm=1.0)
+    step.begin_epoch(0)
+    for index in range(steps):
+        step(x, t)
         if after_step is not None:
-            after_step(step)
-    return loss_sum, bad
+            after_step(index)
+    return step.loss_sum, step.bad
 
 
 def test_a_training_step_does_not_synchronise():

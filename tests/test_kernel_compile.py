@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from gpunet import cuda
+from gpunet.cuda import launch, layout, sources
 
-SOURCES = cuda.kernel_sources()
+SOURCES = sources.kernel_sources()
 ARCHS = ("sm_80", "sm_90")
-NVCC = cuda.nvcc_path()
-NVRTC = cuda.nvrtc_version()
+NVCC = sources.nvcc_path()
+NVRTC = sources.nvrtc_version()
 
 
 def test_sources_are_found_in_the_checkout():
-    assert set(cuda.KERNEL_TOPICS) <= set(SOURCES), f"missing topics in {cuda.kernel_dir()}"
-    assert all(path.suffix == ".cu" and path.parent == cuda.kernel_dir() for path in SOURCES.values())
+    assert set(sources.KERNEL_TOPICS) <= set(SOURCES), f"missing topics in {sources.kernel_dir()}"
+    assert all(path.suffix == ".cu" and path.parent == sources.kernel_dir() for path in SOURCES.values())
 
 
-RULE_FILES = {**{t: p for t, p in SOURCES.items()}, "prelude": cuda.kernel_dir() / cuda.PRELUDE}
+RULE_FILES = {**{t: p for t, p in SOURCES.items()}, "prelude": sources.kernel_dir() / sources.PRELUDE}
 
 
 @pytest.mark.parametrize("topic", sorted(RULE_FILES))
@@ -35,17 +35,19 @@ def test_source_needs_no_toolkit_header(topic):
 
 @pytest.mark.parametrize("topic", sorted(SOURCES))
 def test_each_topic_is_compiled_after_the_shared_prelude(topic):
-    """What RawModule, NVRTC and nvcc all compile: common.cuh, then the topic at its own line 1."""
-    full = cuda.module_source(SOURCES[topic])
-    prelude = (cuda.kernel_dir() / cuda.PRELUDE).read_text(encoding="utf-8")
+    """What RawModule, NVRTC and nvcc all compile: common.cuh, the activations generated from
+    gpunet/activations.py, then the topic at its own line 1."""
+    full = sources.module_source(SOURCES[topic])
+    prelude = (sources.kernel_dir() / sources.PRELUDE).read_text(encoding="utf-8")
     assert full.startswith(prelude)
-    assert f'#line 1 "{topic}.cu"\n' + SOURCES[topic].read_text(encoding="utf-8") in full
+    assert full.index(sources.activation_source()) > len(prelude) - 1
+    assert full.endswith(f'#line 1 "{topic}.cu"\n' + SOURCES[topic].read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("topic", sorted(SOURCES))
 def test_every_kernel_has_float_and_double_instances(topic):
     text = SOURCES[topic].read_text(encoding="utf-8")
-    names = cuda.kernel_names(text)
+    names = sources.kernel_names(text)
     assert names, f"no extern \"C\" __global__ kernel in {topic}.cu"
     bases = {re.sub(r"_f(32|64)$", "", n) for n in names}
     for base in bases:
@@ -60,24 +62,24 @@ def test_source_opens_with_a_comment(topic):
 
 
 def test_launchers_name_existing_kernels():
-    """Every ``get_kernel(topic, f"<name>_{...}")`` in gpunet/cuda.py names a kernel of that topic."""
-    text = Path(cuda.__file__).read_text(encoding="utf-8")
+    """Every ``get_kernel(topic, f"<name>_{...}")`` in gpunet/cuda/launch.py names a kernel of that topic."""
+    text = Path(launch.__file__).read_text(encoding="utf-8")
     calls = re.findall(r'get_kernel\("(\w+)", f"(\w+)_\{', text)
     assert calls
     for topic, base in calls:
-        names = cuda.kernel_names(SOURCES[topic].read_text(encoding="utf-8"))
+        names = sources.kernel_names(SOURCES[topic].read_text(encoding="utf-8"))
         assert f"{base}_f32" in names and f"{base}_f64" in names, f"{topic}.cu has no {base}_f32/_f64"
 
 
 @pytest.fixture(scope="module")
 def nvcc_results():
     """Every source for every arch in one go (nvcc runs side by side), shared by the arch tests."""
-    return cuda.compile_sources("nvcc", archs=ARCHS)
+    return sources.compile_sources("nvcc", archs=ARCHS)
 
 
 @pytest.fixture(scope="module")
 def nvrtc_results():
-    return cuda.compile_sources("nvrtc", archs=ARCHS)
+    return sources.compile_sources("nvrtc", archs=ARCHS)
 
 
 def _assert_compiled(results, arch):
@@ -105,72 +107,72 @@ def test_compile_reports_a_broken_source(tmp_path, monkeypatch):
         pytest.skip("neither NVRTC nor nvcc is available")
     broken = tmp_path / "broken.cu"
     broken.write_text('extern "C" __global__ void broken_f32(float* x) { x[0] = undefined_name; }\n')
-    monkeypatch.setattr(cuda, "kernel_sources", lambda: {"broken": broken})
-    results = cuda.compile_sources("auto", archs=("sm_90",))
+    monkeypatch.setattr(sources, "kernel_sources", lambda: {"broken": broken})
+    results = sources.compile_sources("auto", archs=("sm_90",))
     assert len(results) == 1 and results[0][3] and "undefined_name" in results[0][3]
 
 
 def test_compile_without_any_compiler_says_so(monkeypatch):
-    monkeypatch.setattr(cuda, "nvrtc_version", lambda: None)
-    monkeypatch.setattr(cuda, "nvcc_path", lambda: None)
+    monkeypatch.setattr(sources, "nvrtc_version", lambda: None)
+    monkeypatch.setattr(sources, "nvcc_path", lambda: None)
     with pytest.raises(RuntimeError, match="neither NVRTC"):
-        cuda.compile_sources("auto")
+        sources.compile_sources("auto")
 
 
 def test_row_layouts(monkeypatch):
     """Which row kernel, block and kept copy each width gets (pure Python, no GPU)."""
     monkeypatch.delenv("GPUNET_LONG_ROWS", raising=False)
     smem = 227 * 1024 - 1024                      # an H100's opt-in shared memory per block
-    assert cuda.row_layout(10, 3, 4, smem) == cuda.RowLayout("warp", 256, 2, 1, 0)
-    assert cuda.row_layout(10, 100, 8, smem).mode == 4
-    assert cuda.row_layout(10, 1024, 4, smem).mode == 32
-    wide = cuda.row_layout(8192, 32768, 4, smem)     # the benchmark case: kept in shared memory
+    assert layout.row_layout(10, 3, 4, smem) == layout.RowLayout("warp", 256, 2, 1, 0)
+    assert layout.row_layout(10, 100, 8, smem).mode == 4
+    assert layout.row_layout(10, 1024, 4, smem).mode == 32
+    wide = layout.row_layout(8192, 32768, 4, smem)     # the benchmark case: kept in shared memory
     assert (wide.kernel, wide.block, wide.mode, wide.shared_mem) == ("block", 1024, 1, 131072)
-    assert wide.grid == cuda.MAX_GRID_ROWS
-    assert cuda.row_layout(4, 32768, 8, smem).mode == 0   # 256 KiB does not fit: read twice
-    assert cuda.row_layout(4, 2000, 4, smem).block == 256
+    assert wide.grid == layout.MAX_GRID_ROWS
+    assert layout.row_layout(4, 32768, 8, smem).mode == 0   # 256 KiB does not fit: read twice
+    assert layout.row_layout(4, 2000, 4, smem).block == 256
     for cols in (1, 31, 32, 33, 1024, 1025, 4097, 16385, 40000):
-        layout = cuda.row_layout(3, cols, 4, smem)
-        if layout.kernel == "warp":
-            assert 32 * layout.mode >= cols
-        assert layout.block % 32 == 0 and layout.block <= 1024
+        rows_layout = layout.row_layout(3, cols, 4, smem)
+        if rows_layout.kernel == "warp":
+            assert 32 * rows_layout.mode >= cols
+        assert rows_layout.block % 32 == 0 and rows_layout.block <= 1024
 
 
 @pytest.mark.parametrize("cols, itemsize, slots", [(1025, 4, 2), (4097, 8, 8), (16384, 8, 16), (32768, 4, 32)])
 def test_register_rows_take_the_fewest_slots(cols, itemsize, slots):
-    layout = cuda.row_layout(37, cols, itemsize, variant="registers")
-    assert layout == cuda.RowLayout("block_regs", 1024, min(cuda.MAX_GRID_ROWS, 37), slots, 0)
+    rows_layout = layout.row_layout(37, cols, itemsize, variant="registers")
+    assert rows_layout == layout.RowLayout("block_regs", 1024, min(layout.MAX_GRID_ROWS, 37), slots, 0)
 
 
 def test_register_rows_fall_back_to_shared_memory_where_they_do_not_fit(monkeypatch):
     # 32 doubles per thread would spill: float64 rows past 16384 columns, and any row past
     # 32768, take the shared-memory kernel; rows up to 1024 stay with the warp kernel
-    assert cuda.row_layout(37, 16385, 8, max_smem=1 << 20, variant="registers").kernel == "block"
-    assert cuda.row_layout(37, 32769, 4, max_smem=1 << 20, variant="registers").kernel == "block"
-    assert cuda.row_layout(37, 1024, 4, variant="registers").kernel == "warp"
+    assert layout.row_layout(37, 16385, 8, max_smem=1 << 20, variant="registers").kernel == "block"
+    assert layout.row_layout(37, 32769, 4, max_smem=1 << 20, variant="registers").kernel == "block"
+    assert layout.row_layout(37, 1024, 4, variant="registers").kernel == "warp"
     monkeypatch.setenv("GPUNET_LONG_ROWS", "registers")
-    assert cuda.row_layout(37, 5000, 4, max_smem=1 << 20).kernel == "block_regs"
+    assert layout.row_layout(37, 5000, 4, max_smem=1 << 20).kernel == "block_regs"
     monkeypatch.setenv("GPUNET_LONG_ROWS", "texture")
     with pytest.raises(ValueError, match="GPUNET_LONG_ROWS must be one of shared, registers"):
-        cuda.row_layout(37, 5000, 4, max_smem=1 << 20)
+        layout.row_layout(37, 5000, 4, max_smem=1 << 20)
 
 
 def test_long_rows_context_overrides_the_environment(monkeypatch):
     monkeypatch.setenv("GPUNET_LONG_ROWS", "registers")
-    with cuda.long_rows("shared"):
-        assert cuda.long_row_variant() == "shared"
-        with cuda.long_rows("registers"):
-            assert cuda.row_layout(5, 3000, 4, max_smem=1 << 20).kernel == "block_regs"
-        assert cuda.row_layout(5, 3000, 4, max_smem=1 << 20).kernel == "block"
-    assert cuda.long_row_variant() == "registers"
+    with layout.long_rows("shared"):
+        assert layout.long_row_variant() == "shared"
+        with layout.long_rows("registers"):
+            assert layout.row_layout(5, 3000, 4, max_smem=1 << 20).kernel == "block_regs"
+        assert layout.row_layout(5, 3000, 4, max_smem=1 << 20).kernel == "block"
+    assert layout.long_row_variant() == "registers"
     with pytest.raises(ValueError, match="variant must be one of shared, registers"):
-        with cuda.long_rows("texture"):
+        with layout.long_rows("texture"):
             pass
 
 
 def test_reduction_layouts_depend_on_the_shape_only():
-    assert cuda.reduction_grid(1) == 1
-    assert cuda.reduction_grid(10**9) == cuda.MAX_REDUCTION_BLOCKS
+    assert layout.reduction_grid(1) == 1
+    assert layout.reduction_grid(10**9) == layout.MAX_REDUCTION_BLOCKS
     for rows, cols in [(1, 1), (7, 3), (4096, 4096), (70001, 3), (256, 200), (2, 10**6)]:
-        chunks, per_chunk = cuda.column_sums_chunks(rows, cols)
+        chunks, per_chunk = layout.column_sums_chunks(rows, cols)
         assert 1 <= chunks <= 65535 and chunks * per_chunk >= rows and (chunks - 1) * per_chunk < rows

@@ -10,7 +10,7 @@ import pytest
 
 import gpunet as gn
 from gpunet.backend import NumpyBackend
-from gpunet.optim import SGD, Adam, AdamW, RMSprop, make_optimizer
+from gpunet.optim import SGD, Adam, AdamHyper, AdamW, RMSprop, RMSpropHyper, make_optimizer
 
 from conftest import tolerance
 
@@ -214,13 +214,13 @@ def test_skip_flag_leaves_everything_unchanged(backend, rng, op):
     saved = [gn.to_numpy(s).copy() for s in state]
     skip = xp.ones((), dtype=bool)
     if op == "adam":
-        backend.adam_update(params, grads, state[0], state[1], lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8,
-                            step=3, weight_decay=0.1, decoupled_weight_decay=0.1, n_decay=N_DECAY,
-                            scale=1.0, skip=skip)
+        backend.adam_update(params, grads, state[0], state[1],
+                            AdamHyper(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
+                                      decoupled_weight_decay=0.1), step=3, n_decay=N_DECAY, scale=1.0, skip=skip)
     else:
-        backend.rmsprop_update(params, grads, state[0], state[1], state[2], lr=0.1, alpha=0.9, eps=1e-8,
-                               momentum=0.9, centered=True, weight_decay=0.1, n_decay=N_DECAY,
-                               scale=1.0, skip=skip)
+        backend.rmsprop_update(params, grads, state[0], state[1], state[2],
+                               RMSpropHyper(lr=0.1, alpha=0.9, eps=1e-8, momentum=0.9, centered=True, weight_decay=0.1),
+                               n_decay=N_DECAY, scale=1.0, skip=skip)
     np.testing.assert_array_equal(gn.to_numpy(params), before)
     for s, old in zip(state, saved):
         np.testing.assert_array_equal(gn.to_numpy(s), old)
@@ -231,8 +231,8 @@ def test_biases_are_never_decayed():
     params = np.ones(P)
     grads = np.zeros(P)
     m, v = np.zeros(P), np.zeros(P)
-    be.adam_update(params, grads, m, v, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, step=1,
-                   weight_decay=0.0, decoupled_weight_decay=0.5, n_decay=N_DECAY, scale=1.0, skip=False)
+    be.adam_update(params, grads, m, v, AdamHyper(lr=0.1, decoupled_weight_decay=0.5), step=1, n_decay=N_DECAY,
+                   scale=1.0, skip=False)
     np.testing.assert_allclose(params[:N_DECAY], 0.95)
     np.testing.assert_array_equal(params[N_DECAY:], 1.0)
 
@@ -242,8 +242,8 @@ def test_adam_first_step_is_lr_times_sign():
     be = NumpyBackend()
     g = np.array([3.0, -1e-3, 0.5])
     params = np.zeros(3)
-    be.adam_update(params, g, np.zeros(3), np.zeros(3), lr=0.01, beta1=0.9, beta2=0.999, eps=1e-12,
-                   step=1, weight_decay=0.0, decoupled_weight_decay=0.0, n_decay=0, scale=1.0, skip=False)
+    be.adam_update(params, g, np.zeros(3), np.zeros(3), AdamHyper(lr=0.01, eps=1e-12), step=1, n_decay=0,
+                   scale=1.0, skip=False)
     np.testing.assert_allclose(params, -0.01 * np.sign(g), rtol=1e-8)
 
 

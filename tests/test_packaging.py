@@ -126,7 +126,7 @@ def test_installed_wheel_finds_kernels_and_command(installed_wheel):
     """Run from the unpacked wheel, away from the checkout: the package data is where
     kernel_dir() looks, and the console-script entry point resolves to the CLI."""
     probe = (
-        "import sys, gpunet, gpunet.cuda as cuda\n"
+        "import sys, gpunet, gpunet.cuda.sources as cuda\n"
         "from importlib.metadata import entry_points\n"
         "print(gpunet.__file__)\n"
         "print(cuda.kernel_dir())\n"
@@ -148,7 +148,7 @@ def test_installed_wheel_finds_kernels_and_command(installed_wheel):
 
 
 def test_checkout_finds_its_kernel_sources():
-    from gpunet.cuda import kernel_dir, kernel_sources
+    from gpunet.cuda.sources import kernel_dir, kernel_sources
     if not _repo_kernel_files():
         pytest.skip("kernels/ holds no .cu file yet")
     assert kernel_dir().resolve() == KERNELS.resolve()

@@ -1,6 +1,6 @@
 """Bad input is refused with a TypeError/ValueError naming the problem, before anything
-changes: parameters, gradients, the shuffling RNG and the optimizer's velocity stay bit for
-bit as they were. Valid but unusual input (int features, whole-number float labels, nested
+changes: parameters, the shuffling RNG and the optimizer's velocity stay bit for bit as
+they were. Valid but unusual input (int features, whole-number float labels, nested
 lists, (N, 1) targets) is accepted and means the same as its plain form."""
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ def targets():
 
 
 def model_state(net):
-    """Everything a refused call could have disturbed, in comparable form."""
+    """Everything a refused call could have disturbed, in comparable form (the gradients
+    live in the caller's workspace, not in the model)."""
     return (gn.to_numpy(net.flat_params).tobytes(),
-            gn.to_numpy(net.flat_grads).tobytes(),
-            repr(net._shuffle_rng.bit_generator.state))
+            repr(net.shuffle_rng.bit_generator.state))
 
 
 def assert_refused(net, call, error, match):

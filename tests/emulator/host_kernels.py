@@ -1,7 +1,7 @@
 """kernels/*.cu built for the host (cuda_host.h) and launched like ``cupy.RawKernel``.
 
-Each topic is compiled from the very text ``gpunet.cuda`` hands to ``cupy.RawModule``
-(``module_source``: the common.cuh prelude, then the topic) into a shared library with one
+Each topic is compiled from the very text ``gpunet.cuda.sources`` hands to ``cupy.RawModule``
+(``module_source``: the common.cuh prelude, the generated activations, then the topic) into a shared library with one
 ``launch_<kernel>`` entry point per ``extern "C" __global__`` kernel. A ``HostKernel`` checks
 a launch the way the device would refuse it (argument count and C types, block and grid
 limits, ``__launch_bounds__``, dynamic shared memory over the granted size) and runs it.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet import cuda
+from gpunet.cuda import sources
 
 HEADER = Path(__file__).with_name("cuda_host.h")
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\((\d+)\)\s+)?(\w+)\s*\(([^)]*)\)')
@@ -53,8 +53,8 @@ def build(dest: Path) -> dict[str, "HostKernel"]:
         raise RuntimeError("g++ is not on PATH: the kernel emulator needs a C++17 compiler")
     dest.mkdir(parents=True, exist_ok=True)
     kernels = {}
-    for topic, path in cuda.kernel_sources().items():
-        text = cuda.module_source(path)
+    for topic, path in sources.kernel_sources().items():
+        text = sources.module_source(path)
         if text.count(_DYNAMIC_SMEM) > 1:
             raise RuntimeError(f"{path.name}: the emulator maps one dynamic shared array per topic")
         text = text.replace(_DYNAMIC_SMEM, "double* gn_dynamic_smem = emu::dynamic_smem;")

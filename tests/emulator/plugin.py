@@ -3,7 +3,7 @@
     PYTHONPATH=tests python -m pytest -q -p emulator.plugin -m gpu tests
 
 It installs a NumPy-backed stand-in for ``cupy`` before gpunet imports it and sends every
-kernel launch of ``gpunet.cuda`` to ``host_kernels`` (kernels/*.cu compiled with g++ against
+kernel launch of ``gpunet.cuda.launch`` to ``host_kernels`` (kernels/*.cu compiled with g++ against
 cuda_host.h). ``CupyBackend``, the launchers and the kernels then run as they would on a GPU,
 but for cuBLAS (NumPy's matmul) and CuPy itself. Device arrays are a NumPy subclass, so
 ``isinstance(x, cupy.ndarray)`` tells them from host arrays and a ufunc mixing the two is
@@ -26,6 +26,7 @@ import functools
 import os
 import sys
 import tempfile
+import threading
 import types
 import weakref
 from pathlib import Path
@@ -251,16 +252,62 @@ def _module_getattr(name):
     return attr
 
 
+# Streams and events: every launch runs to completion when it is made, so ordering costs
+# nothing here; the stand-ins keep CuPy's interface (current stream per thread, ``with
+# stream:``, the null and per-thread default streams) and log the cross-stream orderings in
+# STREAM_LOG as ("record", stream ptr) and ("wait", stream ptr), for the tests to read.
+STREAM_LOG: list = []
+_current_stream = threading.local()
+
+
 class _Stream:
+    null = ptds = None      # set below
+
+    def __init__(self, null=False, non_blocking=False, ptds=False):
+        self.ptr = 0 if null else 2 if ptds else id(self)
+
+    def synchronize(self):
+        pass
+
+    def wait_event(self, event):
+        STREAM_LOG.append(("wait", self.ptr))
+
+    def __enter__(self):
+        stack = _current_stream.__dict__.setdefault("stack", [])
+        stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _current_stream.stack.pop()
+
+
+_Stream.null, _Stream.ptds = _Stream(null=True), _Stream(ptds=True)
+
+
+def _get_current_stream():
+    stack = getattr(_current_stream, "stack", None)
+    return stack[-1] if stack else _Stream.null
+
+
+class _Event:
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        pass
+
+    def record(self, stream=None):
+        STREAM_LOG.append(("record", (stream or _get_current_stream()).ptr))
+
     def synchronize(self):
         pass
 
 
-class _Device(_Stream):
+class _Device:
     id = 0
     compute_capability = "90"
 
     def __init__(self, device=None):
+        pass
+
+    def synchronize(self):
         pass
 
 
@@ -283,7 +330,8 @@ def _make_cupy():
                                          "sharedMemPerBlock": 49152, "multiProcessorCount": 132,
                                          "totalGlobalMem": 80 * 2**30})
     cuda_mod.Device = _Device
-    cuda_mod.get_current_stream = lambda: _Stream()
+    cuda_mod.get_current_stream = _get_current_stream
+    cuda_mod.Stream, cuda_mod.Event = _Stream, _Event
     cuda_mod.MemoryHook = MemoryHook
     cp.cuda = cuda_mod
     core = types.ModuleType("cupy._core")
@@ -317,13 +365,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "real_cupy: needs CuPy itself, not only the kernels (skipped under the emulator)")
     cache = Path(os.environ.get("GPUNET_EMULATOR_CACHE", Path(tempfile.gettempdir()) / "gpunet-host-kernels"))
     KERNELS.update(host_kernels.build(cache))
-    from gpunet import cuda
-    cuda.get_kernel = _emulated_kernel
+    from gpunet.cuda import layout, sources
+    sources.get_kernel = _emulated_kernel
     host_kernels.HostKernel.after_launch = staticmethod(_check_guards)
     # small grids, so that a few thousand elements wrap every grid-stride loop
-    cuda.MAX_GRID_1D = 3
-    cuda.MAX_GRID_ROWS = 3
-    cuda.MAX_REDUCTION_BLOCKS = 5
+    layout.MAX_GRID_1D = 3
+    layout.MAX_GRID_ROWS = 3
+    layout.MAX_REDUCTION_BLOCKS = 5
 
 
 def pytest_report_header(config):

@@ -1,0 +1,231 @@
+"""The CUDA sources: finding them, the text compiled for a topic, loading it, compiling offline.
+
+Each topic file (``activations.cu``, ``softmax_xent.cu``, ...) is compiled once per process
+and device through ``cupy.RawModule`` the first time one of its kernels is launched; CuPy's
+on-disk kernel cache (``~/.cupy/kernel_cache``) spares later processes the NVRTC run. The
+kernels are ``extern "C"`` entry points named ``<kernel>_f32`` / ``<kernel>_f64``.
+
+What is compiled for a topic (``module_source``) is ``kernels/common.cuh`` (device helpers),
+then the element-wise activations generated from the registry in ``gpunet.activations``
+(``activation_source``: one ``GnActivation<id>`` with ``forward`` and ``derivative`` per
+activation that has a kernel id, and ``GN_FOR_EACH_ACTIVATION``, the list of ids the
+kernels' switches cover), then the topic itself after a ``#line`` directive.
+
+``compile_sources`` compiles every source without a GPU (NVRTC through
+``cupy.cuda.nvrtc``, or ``nvcc -ptx``), for ``gpunet info`` and the tests.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..activations import KERNEL_ACTIVATIONS
+
+__all__ = ["KERNEL_TOPICS", "PRELUDE", "kernel_dir", "kernel_sources", "module_source", "activation_source",
+           "kernel_names", "get_kernel", "load_all", "compile_sources", "nvrtc_version", "nvcc_path"]
+
+KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "reduce", "optim")
+PRELUDE = "common.cuh"      # device helpers put in front of every topic (see module_source)
+
+# NVRTC 12/13 defaults to C++17, which the sources need at most; no options are required.
+NVRTC_OPTIONS: tuple[str, ...] = ()
+
+
+# ---- the source texts ---------------------------------------------------------------------
+def kernel_dir() -> Path:
+    """The folder holding the ``.cu`` sources.
+
+    In a source checkout (e.g. run with ``PYTHONPATH=$PWD``, or an editable install) that is
+    ``<repo>/kernels``; in an installed wheel it is the ``gpunet.kernels`` package data.
+    """
+    package = Path(__file__).resolve().parent.parent
+    checkout = package.parent / "kernels"
+    if checkout.is_dir() and any(checkout.glob("*.cu")):
+        return checkout
+    # the wheel puts them beside the package; gpunet.kernels has no __init__.py, and for such a
+    # namespace package importlib.resources.files() gives a MultiplexedPath, not a folder
+    path = package / "kernels"
+    if path.is_dir() and any(path.glob("*.cu")):
+        return path
+    try:  # the package data wherever else gpunet.kernels is importable from
+        import importlib.resources
+        for entry in importlib.resources.files("gpunet.kernels").iterdir():
+            if entry.name.endswith(".cu") and Path(str(entry)).is_file():
+                return Path(str(entry)).parent
+    except (ImportError, TypeError, ValueError, OSError):
+        pass
+    raise FileNotFoundError(f"gpunet's CUDA sources are missing: no .cu file in {checkout} or {path}")
+
+
+def kernel_sources() -> dict[str, Path]:
+    """``{topic: path}`` of every ``.cu`` source, sorted by topic."""
+    folder = kernel_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.cu"))}
+
+
+def _indented(body: str) -> str:
+    return "\n".join("        " + line.strip() for line in body.strip().splitlines())
+
+
+def activation_source() -> str:
+    """The device code of every element-wise activation with a kernel id, generated from
+    ``gpunet.activations``: ``GnActivation<id>::forward(z, p0, p1)`` and
+    ``::derivative(a, p0, p1)`` (through ``act_forward<T, KIND>``/``act_derivative<T, KIND>``),
+    and ``GN_FOR_EACH_ACTIVATION(X)``, which expands ``X(id)`` once per id."""
+    lines = ["// Generated from gpunet/activations.py (gpunet.cuda.sources.activation_source): the",
+             "// element-wise activations the kernels implement, by kernel id; p0, p1 are the",
+             "// activation's kernel_params. Only the ids listed in GN_FOR_EACH_ACTIVATION exist.",
+             "template <int KIND> struct GnActivation;"]
+    for kernel_id, cls in KERNEL_ACTIVATIONS.items():
+        lines += [f"template <> struct GnActivation<{kernel_id}> {{   // {cls.name}",
+                  "    template <typename T> static __device__ __forceinline__ T forward(T z, T p0, T p1) {",
+                  _indented(cls.cuda_forward),
+                  "    }",
+                  "    template <typename T> static __device__ __forceinline__ T derivative(T a, T p0, T p1) {",
+                  _indented(cls.cuda_derivative),
+                  "    }",
+                  "};"]
+    ids = " ".join(f"X({kernel_id})" for kernel_id in KERNEL_ACTIVATIONS)
+    lines += ["template <typename T, int KIND>",
+              "__device__ __forceinline__ T act_forward(T z, T p0, T p1) { return GnActivation<KIND>::forward(z, p0, p1); }",
+              "template <typename T, int KIND>",
+              "__device__ __forceinline__ T act_derivative(T a, T p0, T p1) {",
+              "    return GnActivation<KIND>::derivative(a, p0, p1);",
+              "}",
+              f"#define GN_FOR_EACH_ACTIVATION(X) {ids}"]
+    return "\n".join(lines) + "\n"
+
+
+def module_source(path: Path) -> str:
+    """The text compiled for one topic: the shared device helpers of ``kernels/common.cuh``,
+    the generated activations, then the topic's own source, with a ``#line`` so compiler
+    messages point into it."""
+    prelude = (kernel_dir() / PRELUDE).read_text(encoding="utf-8")
+    return (f'{prelude}\n#line 1 "activations generated from gpunet/activations.py"\n{activation_source()}'
+            f'#line 1 "{path.name}"\n{path.read_text(encoding="utf-8")}')
+
+
+def _source(topic: str) -> str:
+    sources = kernel_sources()
+    if topic not in sources:
+        raise FileNotFoundError(f"no kernels/{topic}.cu among {sorted(sources)}")
+    return module_source(sources[topic])
+
+
+_ENTRY_POINT = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s+)?(\w+)\s*\(')
+
+
+def kernel_names(source: str) -> list[str]:
+    """Names of the ``extern "C" __global__`` entry points declared in a source text."""
+    return _ENTRY_POINT.findall(source)
+
+
+# ---- loading (lazily, once per process and device) ----------------------------------------
+# Two threads compiling the same topic at once both build it; one result is kept (harmless).
+_modules: dict = {}
+_functions: dict = {}
+
+
+def _module(topic: str):
+    import cupy
+    key = (topic, cupy.cuda.runtime.getDevice())
+    mod = _modules.get(key)
+    if mod is None:
+        mod = cupy.RawModule(code=_source(topic), options=NVRTC_OPTIONS)
+        _modules[key] = mod
+    return mod
+
+
+def get_kernel(topic: str, name: str):
+    """The ``cupy.RawKernel`` ``name`` of ``kernels/<topic>.cu`` (compiled on first use)."""
+    import cupy
+    key = (topic, name, cupy.cuda.runtime.getDevice())
+    fn = _functions.get(key)
+    if fn is None:
+        fn = _module(topic).get_function(name)
+        _functions[key] = fn
+    return fn
+
+
+def load_all() -> dict[str, list[str]]:
+    """Compile and load every topic on the current device; ``{topic: kernel names}``."""
+    loaded = {}
+    for topic, path in kernel_sources().items():
+        names = kernel_names(path.read_text(encoding="utf-8"))
+        for name in names:
+            get_kernel(topic, name)
+        loaded[topic] = names
+    return loaded
+
+
+# ---- compile without a GPU ----------------------------------------------------------------
+def _nvrtc_compile(source: str, filename: str, arch: str) -> str | None:
+    """Compile with NVRTC to PTX for ``arch`` ("sm_90" -> compute_90); None on success, else the log."""
+    from cupy.cuda import nvrtc
+    prog = nvrtc.createProgram(source, filename, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [f"--gpu-architecture=compute_{arch.removeprefix('sm_')}",
+                                        *NVRTC_OPTIONS])
+        except nvrtc.NVRTCError as exc:
+            return f"{exc}\n{nvrtc.getProgramLog(prog)}"
+        nvrtc.getPTX(prog)
+        return None
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def nvrtc_version() -> tuple[int, int] | None:
+    """NVRTC's version when ``cupy.cuda.nvrtc`` can load libnvrtc, else None (no GPU needed)."""
+    try:
+        from cupy.cuda import nvrtc
+        return tuple(nvrtc.getVersion())
+    except Exception:
+        return None
+
+
+def nvcc_path() -> str | None:
+    return shutil.which("nvcc")
+
+
+def _nvcc_compile(path: Path, arch: str) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        # the same text RawModule compiles (prelude, activations, topic), so nvcc checks what will run
+        full = Path(tmp) / path.name
+        full.write_text(module_source(path), encoding="utf-8")
+        cmd = [nvcc_path() or "nvcc", "-ptx", f"-arch={arch}", str(full), "-o", os.path.join(tmp, "out.ptx")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            return f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    return None
+
+
+def compile_sources(compiler: str = "auto", archs=("sm_80", "sm_90")) -> list[tuple[str, str, str, str | None]]:
+    """Compile every ``kernels/*.cu`` for each architecture, launching nothing.
+
+    ``compiler``: "nvrtc" (``cupy.cuda.nvrtc``; needs libnvrtc, not a GPU), "nvcc"
+    (``nvcc -ptx``) or "auto" (NVRTC when it loads, else nvcc). Returns
+    ``[(topic, compiler, arch, error_or_None)]``; raises RuntimeError when no compiler is there.
+    """
+    if compiler == "auto":
+        compiler = "nvrtc" if nvrtc_version() is not None else ("nvcc" if nvcc_path() else None)
+        if compiler is None:
+            raise RuntimeError("neither NVRTC (through CuPy) nor nvcc is available")
+    if compiler == "nvrtc" and nvrtc_version() is None:
+        raise RuntimeError("NVRTC is not available (CuPy missing, or libnvrtc not found)")
+    if compiler == "nvcc" and nvcc_path() is None:
+        raise RuntimeError("nvcc is not on PATH")
+    if compiler not in ("nvrtc", "nvcc"):
+        raise ValueError(f"unknown compiler {compiler!r}; choose 'auto', 'nvrtc' or 'nvcc'")
+    jobs = [(topic, path, arch) for topic, path in kernel_sources().items() for arch in archs]
+    if compiler == "nvrtc":
+        errors = [_nvrtc_compile(module_source(path), path.name, arch) for _, path, arch in jobs]
+    else:  # separate processes: run them side by side
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            errors = list(pool.map(lambda job: _nvcc_compile(job[1], job[2]), jobs))
+    return [(topic, compiler, arch, err) for (topic, _, arch), err in zip(jobs, errors)]

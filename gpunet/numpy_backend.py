@@ -1,0 +1,272 @@
+"""The reference backend: every op the model uses, on NumPy arrays.
+
+``NumpyBackend`` is the reference implementation of every op, the fusable ones included,
+each written as the plain math over ``self.xp``. ``CupyBackend`` (``gpunet.cupy_backend``)
+subclasses it with ``xp = cupy`` and overrides only the fusable ops with CUDA kernels, so
+any op it does not override runs this same code on the GPU.
+
+Shapes: N examples (rows), n units (columns). Every op that takes ``out`` writes there
+and returns it; ``out`` may alias an input where the docstring says so. Activations and
+optimizer hyper-parameters arrive as objects (``gpunet.activations``, ``gpunet.optim``)
+whose attributes the ops read; this module imports neither.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .softmax import shift_by_row_max, softmax_rows
+
+__all__ = ["NumpyBackend"]
+
+
+def _scaled_rows(row_values, row_scale):
+    """Per-example values (N,) times ``row_scale`` (N,), or as they are when it is None."""
+    return row_values if row_scale is None else row_values * row_scale
+
+
+def _scale_rows(rows, row_scale):
+    """Multiply each row of ``rows`` (N, K) in place by ``row_scale`` (N,) unless it is None."""
+    if row_scale is not None:
+        rows *= row_scale[:, None]
+
+
+class NumpyBackend:
+    """Reference ops on NumPy arrays (also the CPU production path)."""
+
+    name = "numpy"
+    xp = np
+    # Capabilities the layers above ask about instead of comparing names:
+    # reading a value back costs nothing here (no device to wait for), so the fit loop may
+    # check every step; on a GPU it waits for the queued work, so the loop reads once an epoch.
+    host_reads_are_free = True
+
+    # ---- arrays -------------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        """Array of this backend (copied to the device when needed)."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self):
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    # Ordering work between threads that queue it on different device streams (a model's
+    # readers and its fit, see gpunet.concurrency). On the CPU every op has finished when
+    # it returns: there are no streams, and nothing to order.
+    def current_stream(self):
+        """A token for the stream the calling thread queues work on (None: no streams)."""
+        return None
+
+    def synchronize_device(self):
+        """Wait for the work queued on every stream of the device (a no-op on the CPU)."""
+
+    def wait_for_stream(self, stream):
+        """Make later work of the current stream wait for the work queued on ``stream``."""
+
+    def all_finite(self, x) -> bool:
+        """True when no element is NaN or +-Inf (a host-device sync on the GPU)."""
+        return bool(self.xp.isfinite(x).all())
+
+    def take_rows(self, x, idx, out=None):
+        """``x[idx]`` for a 1-D integer ``idx``, written into ``out`` (len(idx), ...)."""
+        return self.xp.take(x, idx, axis=0, out=out)
+
+    # ---- dense layer --------------------------------------------------------------
+    def matmul(self, a, b, out=None):
+        """``a @ b``: (N, k) x (k, n) -> (N, n)."""
+        return self.xp.matmul(a, b, out=out)
+
+    def bias_act(self, z, b, act):
+        """Fusable: ``z <- f(z + b)`` in place. z (N, n) = A W from the GEMM, b (n,)."""
+        z += b
+        return act.forward(self.xp, z, out=z)
+
+    def act_backward(self, grad, a, act):
+        """Fusable: ``grad <- grad * f'(z)`` in place, with ``f'`` read from the output a (N, n)."""
+        return act.backward(self.xp, grad, a, out=grad)
+
+    def bias_grad(self, delta, out=None):
+        """Fusable: column sums of delta (N, n) -> (n,), the bias gradient."""
+        return delta.sum(axis=0, out=out)
+
+    # ---- losses at the output -----------------------------------------------------
+    def softmax(self, z, out=None):
+        """Row-wise stable softmax of logits z (N, n)."""
+        return softmax_rows(self.xp, z, out=out)
+
+    # ``row_scale`` (N,), where the losses take one: each example's loss and gradient row
+    # times r_n, the mean still over N. Sample weights w become r = w * N / sum(w): the
+    # weighted mean sum(w l) / sum(w). None is r = 1, bit for bit.
+    def softmax_xent(self, logits, labels, grad_out, row_scale=None):
+        """Fusable: softmax + cross-entropy + gradient from integer labels.
+
+        logits (N, C), labels (N,) ints in [0, C). Writes ``(softmax(z) - e(y)) / N`` into
+        ``grad_out`` (N, C) (may alias ``logits``) and returns the mean loss
+        ``-(1/N) sum_n log softmax(z_n)[y_n]`` as a 0-d array (no host sync).
+        No one-hot array is built: e(y) is subtracted at one index per row.
+        """
+        xp = self.xp
+        n = logits.shape[0]
+        rows = xp.arange(n)
+        shifted = shift_by_row_max(logits)
+        sumexp = xp.exp(shifted).sum(axis=1, keepdims=True)
+        logsumexp = xp.log(sumexp)
+        # -log softmax(z)[y] = log sum exp(z - max) - (z_y - max)
+        row_loss = logsumexp[:, 0] - shifted[rows, labels]
+        loss = _scaled_rows(row_loss, row_scale).sum() / n
+        probs = xp.exp(shifted - logsumexp, out=grad_out)
+        probs[rows, labels] -= 1.0
+        probs /= n
+        _scale_rows(probs, row_scale)
+        return loss
+
+    def softmax_xent_onehot(self, logits, targets, grad_out, row_scale=None):
+        """As ``softmax_xent`` with one-hot (or soft) targets (N, C) whose rows sum to 1."""
+        xp = self.xp
+        n = logits.shape[0]
+        shifted = shift_by_row_max(logits)
+        logsumexp = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        logp = shifted - logsumexp
+        with np.errstate(invalid="ignore"):     # 0 * log 0 (= 0 * -inf) counts as 0
+            terms = targets * logp
+        row_loss = -xp.where(targets == 0, 0, terms).sum(axis=1)
+        loss = _scaled_rows(row_loss, row_scale).sum() / n
+        grad = xp.exp(logp, out=grad_out)
+        grad -= targets
+        grad /= n
+        _scale_rows(grad, row_scale)
+        return loss
+
+    def mse_grad(self, a, targets, act, grad_out, row_scale=None):
+        """Fusable: MSE loss and its gradient at the pre-activation of the output layer.
+
+        a (N, K) output after activation ``act``, targets (N, K). Returns the 0-d loss
+        ``1/(2N) sum (a - y)^2`` and writes ``((a - y) / N) * f'(z)`` into grad_out
+        (which may alias ``a``).
+        """
+        n = a.shape[0]
+        diff = a - targets
+        squares = diff * diff
+        _scale_rows(squares, row_scale)     # summed as one array: unit weights change no bit
+        loss = squares.sum() / (2 * n)
+        diff /= n
+        _scale_rows(diff, row_scale)
+        act.backward(self.xp, diff, a, out=grad_out)
+        return loss
+
+    # ---- optimizer ----------------------------------------------------------------
+    def sumsq(self, x):
+        """``sum(x**2)`` as a 0-d array (for the global gradient norm)."""
+        return self.xp.vdot(x, x).real if x.ndim == 1 else (x * x).sum()
+
+    @staticmethod
+    def _decayed_gradient(params, grads, scale, weight_decay, n_decay):
+        """``scale * grads`` plus the coupled L2 term ``weight_decay * params`` on the first
+        ``n_decay`` entries (the weights): the gradient every optimizer step starts from."""
+        g = grads * scale
+        if weight_decay:
+            g[:n_decay] += weight_decay * params[:n_decay]
+        return g
+
+    # The updates take their hyper-parameters as one frozen value (gpunet.optim's SGDHyper,
+    # AdamHyper, RMSpropHyper: checked Python numbers); ``n_decay`` is the length of the
+    # weights prefix of the flat buffers (decayed; the biases after it are not), ``scale``
+    # the clipping factor (a 0-d array or a float) and ``skip`` a 0-d bool array or a bool:
+    # when true nothing changes.
+    def sgd_update(self, params, grads, velocity, hyper, *, n_decay, scale, skip):
+        """Fusable: one SGD step over the whole flat parameter buffer, in place.
+
+        params, grads, velocity: 1-D, same length P (velocity may be None without momentum).
+
+            g = scale * grads + weight_decay * params   (decay on the weights only)
+            v = momentum * v + g
+            params -= lr * (g + momentum * v if nesterov else v)
+        """
+        if bool(skip):
+            return params
+        g = self._decayed_gradient(params, grads, scale, hyper.weight_decay, n_decay)
+        momentum = hyper.momentum
+        if momentum:
+            velocity *= momentum
+            velocity += g
+            step = g + momentum * velocity if hyper.nesterov else velocity
+        else:
+            step = g
+        params -= self.xp.asarray(hyper.lr, dtype=params.dtype) * step
+        return params
+
+    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip):
+        """Fusable: one Adam (or AdamW) step over the whole flat parameter buffer, in place.
+
+        params, grads, exp_avg (m), exp_avg_sq (v): 1-D, same length P. ``step`` is the
+        1-based step count t of this update (bias correction). PyTorch's ``torch.optim.Adam``
+        (``weight_decay`` coupled, an L2 term in the gradient) and ``AdamW``
+        (``decoupled_weight_decay``, a shrink of the weights before the step):
+
+            g = scale * grads + weight_decay * params            (weights only)
+            params *= 1 - lr * decoupled_weight_decay            (weights only)
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g^2
+            params -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        """
+        if bool(skip):
+            return params
+        lr, beta1, beta2 = hyper.lr, hyper.beta1, hyper.beta2
+        g = self._decayed_gradient(params, grads, scale, hyper.weight_decay, n_decay)
+        if hyper.decoupled_weight_decay:
+            params[:n_decay] *= 1.0 - lr * hyper.decoupled_weight_decay
+        exp_avg *= beta1
+        exp_avg += (1.0 - beta1) * g
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1.0 - beta2) * (g * g)
+        bias_correction1 = 1.0 - beta1 ** step
+        bias_correction2 = 1.0 - beta2 ** step
+        denom = self.xp.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + hyper.eps
+        params -= (lr / bias_correction1) * exp_avg / denom
+        return params
+
+    def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip):
+        """Fusable: one RMSprop step over the whole flat parameter buffer, in place.
+
+        params, grads, square_avg: 1-D, same length P; ``grad_avg`` (only when ``centered``)
+        and ``momentum_buf`` (only when ``momentum > 0``) likewise, else None.
+        PyTorch's ``torch.optim.RMSprop``:
+
+            g = scale * grads + weight_decay * params            (weights only)
+            s = alpha * s + (1 - alpha) * g^2
+            centered: a = alpha * a + (1 - alpha) * g,  d = sqrt(max(s - a^2, 0)) + eps
+            else:     d = sqrt(s) + eps
+            momentum: b = momentum * b + g / d,  params -= lr * b
+            else:     params -= lr * g / d
+
+        (The ``max(., 0)`` only guards against rounding: s >= a^2 holds exactly.)
+        """
+        if bool(skip):
+            return params
+        xp = self.xp
+        lr, alpha, eps, momentum = hyper.lr, hyper.alpha, hyper.eps, hyper.momentum
+        g = self._decayed_gradient(params, grads, scale, hyper.weight_decay, n_decay)
+        square_avg *= alpha
+        square_avg += (1.0 - alpha) * (g * g)
+        if hyper.centered:
+            grad_avg *= alpha
+            grad_avg += (1.0 - alpha) * g
+            denom = xp.sqrt(xp.maximum(square_avg - grad_avg * grad_avg, 0.0)) + eps
+        else:
+            denom = xp.sqrt(square_avg) + eps
+        if momentum:
+            momentum_buf *= momentum
+            momentum_buf += g / denom
+            params -= lr * momentum_buf
+        else:
+            params -= lr * (g / denom)
+        return params
