@@ -341,7 +341,8 @@ class MLP:
         n = x.shape[0]
         result = be.empty((n, self.sizes[-1]), self.dtype)
         activate = not logits and not self.loss_fn.needs_output_activation
-        with self._guard.reading():
+        # overflowing rows come out non-finite, which the callers report (no NumPy warnings)
+        with self._guard.reading(), np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, n, _INFERENCE_CHUNK):
                 chunk = x[start:start + _INFERENCE_CHUNK]
                 out = self.forward_into(chunk, self._thread_workspace(chunk.shape[0]))
@@ -372,8 +373,9 @@ class MLP:
     # ---- public API ----------------------------------------------------------------------
     def forward(self, X):
         """Network output after the output activation: X (N, n_0) -> (N, n_L), a backend array.
-        Rows whose arithmetic overflowed come back non-finite, as computed (no host read on a
-        GPU); ``predict``, ``predict_proba`` and ``score`` refuse them instead."""
+        Rows whose arithmetic overflowed come back non-finite (inf or NaN), as computed, with no
+        check (which would read back from a GPU); ``predict``, ``predict_proba`` and ``score``
+        raise a ValueError naming such rows instead."""
         return self.evaluate_outputs(self.features(X))
 
     def loss(self, X, y) -> float:

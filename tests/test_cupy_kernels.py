@@ -18,6 +18,7 @@ import pytest
 cupy = pytest.importorskip("cupy")
 
 import gpunet as gn  # noqa: E402
+from gpunet.activations import KERNEL_ACTIVATIONS  # noqa: E402
 from gpunet.cuda import layout, sources  # noqa: E402
 from gpunet.cupy_backend import CupyBackend  # noqa: E402
 from gpunet.optim import SGDHyper  # noqa: E402
@@ -315,6 +316,49 @@ def test_register_rows_launched_wrongly_give_nan_losses(rng):
     kernel64 = sources.get_kernel("softmax_xent", "softmax_xent_block_regs_f64")
     kernel64((5,), (1024,), (z64, labels, np.int64(5), np.int64(2000), np.int32(32), z64.copy(), row_loss))
     assert np.isnan(host(row_loss)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_unknown_activation_id_writes_nan(dtype, rng):
+    """Every kernel that switches on an activation id writes NaN for an id without a case
+    (never a silent identity, whose f' = 1 would look like a plausible gradient)."""
+    unknown = np.int32(max(KERNEL_ACTIVATIONS) + 1)
+    suffix = "f32" if np.dtype(dtype) == np.float32 else "f64"
+    t = np.dtype(dtype).type
+    rows, cols = 9, 301
+    z = cupy.asarray(draw(rng, (rows, cols), dtype))
+    b = cupy.asarray(draw(rng, (cols,), dtype))
+    sources.get_kernel("activations", f"bias_act_{suffix}")(
+        (layout.grid_1d(z.size),), (layout.BLOCK,), (z, b, np.int64(rows), np.int64(cols), unknown, t(1), t(1)))
+    assert np.isnan(host(z)).all()
+    grad, a = cupy.asarray(draw(rng, (rows, cols), dtype)), cupy.asarray(draw(rng, (rows, cols), dtype))
+    sources.get_kernel("activations", f"act_backward_{suffix}")(
+        (layout.grid_1d(grad.size),), (layout.BLOCK,), (grad, a, np.int64(grad.size), unknown, t(1), t(1)))
+    assert np.isnan(host(grad)).all()
+    y, out = cupy.asarray(draw(rng, (rows, cols), dtype)), cupy.empty((rows, cols), dtype)
+    grid = layout.reduction_grid(a.size)
+    block_sums = cupy.zeros(grid, np.float64)
+    sources.get_kernel("mse", f"mse_grad_{suffix}")(
+        (grid,), (layout.BLOCK,), (a, y, np.int64(rows), np.int64(cols), unknown, t(1), t(1), out, block_sums))
+    assert np.isnan(host(out)).all() and np.isnan(host(block_sums)).all()
+
+
+@pytest.mark.parametrize("kernel", ["softmax_xent_warp", "softmax_warp", "softmax_xent_block_regs",
+                                    "softmax_block_regs"])
+def test_a_slot_count_without_an_instance_writes_nan_rows(kernel, rng):
+    rows, cols = 7, 900 if "warp" in kernel else 3000
+    z = cupy.asarray(draw(rng, (rows, cols), np.float32))
+    out = cupy.zeros((rows, cols), np.float32)
+    threads = 256 if "warp" in kernel else layout.BLOCK_REGS_THREADS
+    fn = sources.get_kernel("softmax_xent", f"{kernel}_f32")
+    if kernel.startswith("softmax_xent"):
+        labels = cupy.asarray(rng.integers(0, cols, size=rows))
+        row_loss = cupy.zeros(rows, np.float64)
+        fn((3,), (threads,), (z, labels, np.int64(rows), np.int64(cols), np.int32(3), out, row_loss))
+        assert np.isnan(host(row_loss)).all()
+    else:
+        fn((3,), (threads,), (z, np.int64(rows), np.int64(cols), np.int32(3), out))
+    assert np.isnan(host(out)).all()
 
 
 def test_softmax_xent_takes_other_integer_labels(gpu, rng):

@@ -1,10 +1,11 @@
 """kernels/*.cu built for the host (cuda_host.h) and launched like ``cupy.RawKernel``.
 
 Each topic is compiled from the very text ``gpunet.cuda.sources`` hands to ``cupy.RawModule``
-(``module_source``: the common.cuh prelude, the generated activations, then the topic) into a shared library with one
-``launch_<kernel>`` entry point per ``extern "C" __global__`` kernel. A ``HostKernel`` checks
-a launch the way the device would refuse it (argument count and C types, block and grid
-limits, ``__launch_bounds__``, dynamic shared memory over the granted size) and runs it.
+(``module_source``: the common.cuh prelude, the generated activations, then the topic) into
+a shared library with one ``launch_<kernel>`` entry point per ``extern "C" __global__`` kernel.
+A ``HostKernel`` checks a launch the way the device would refuse it (argument count and C
+types, block and grid limits, ``__launch_bounds__``, dynamic shared memory over the granted
+size) and runs it.
 Arguments are NumPy arrays (device pointers) and NumPy scalars of the parameter's exact C
 type: a Python float passed for a ``float`` would be a double on the device, so it is refused.
 """
@@ -15,6 +16,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,10 @@ _POINTERS = {"float*": np.float32, "double*": np.float64, "longlong*": np.int64,
 _SCALARS = {"float": (np.float32, ctypes.c_float), "double": (np.float64, ctypes.c_double),
             "longlong": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int)}
 DEFAULT_SMEM_LIMIT = 48 * 1024   # what a kernel gets before it opts into more
+# One launch runs at a time, as on one device queue: the fiber scheduler of cuda_host.h keeps
+# its state in globals, and ctypes lets threads call in side by side. Launches of different
+# threads still interleave between one another, as they do on a GPU.
+_LAUNCH_LOCK = threading.Lock()
 
 
 def compiler() -> str | None:
@@ -124,8 +130,9 @@ class HostKernel:
                 if type(arg) is not want:
                     raise TypeError(f"{self.name}: argument {i} ({ctype}) got {type(arg).__name__}")
                 cargs.append(cvalue(arg.item()))
-        self.launches += 1
-        if self._entry(*cargs) != 0:
-            raise RuntimeError(f"{self.name}: the threads of a block deadlocked at a barrier")
-        if self.after_launch is not None:
-            self.after_launch(self, args)
+        with _LAUNCH_LOCK:
+            self.launches += 1
+            if self._entry(*cargs) != 0:
+                raise RuntimeError(f"{self.name}: the threads of a block deadlocked at a barrier")
+            if self.after_launch is not None:
+                self.after_launch(self, args)
