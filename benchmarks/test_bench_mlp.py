@@ -4,10 +4,16 @@ PyTorch (eager, and torch.compile where it works) on the same device: the peer a
 otherwise pick. Small 784-128-10 at batch 128, medium 784-1024-1024-10 at batch 1024,
 large 4096-4096-4096-4096-10 at batch 4096 (GPU only).
 
-gpunet is timed through the same internals ``fit`` uses per step (``_loss_and_grad_device``
-and the optimizer's update), so host-side validation and copies are not in the figure; the
-peer's step is ``zero_grad``, forward, loss, ``backward``, ``step``. Both start from the same
-parameters, and both are checked against a float64 reference before they are timed.
+gpunet is timed through the same training interface ``fit`` uses per step
+(``loss_and_grad_into`` a workspace, and the optimizer's update), so host-side validation and
+copies are not in the figure; the peer's step is ``zero_grad``, forward, loss, ``backward``,
+``step``. Both start from the same parameters, and both are checked against a float64
+reference before they are timed.
+
+``mlp_predict`` times the public ``predict_proba`` (input checks, the parameter guard that
+makes inference thread-safe, this thread's buffers, the host copy) in rounds alternating
+with its floor, the bare forward pass and softmax into a workspace the caller holds: what
+the thread-safety and the checks cost a single thread.
 """
 from __future__ import annotations
 
@@ -75,6 +81,27 @@ def test_backward(benchmark, measure, backend, size):
     _describe(benchmark, "mlp_backward", "gpunet", backend.name, _device(backend), size,
               mlp_backward_flops(size.widths, size.batch))
     measure(backward, sync=device_sync(backend.name))
+
+
+@pytest.mark.parametrize("size", params_of(MLP_SIZES))
+def test_predict(benchmark, measure, backend, size):
+    net, x, _, (_, ref_logits, _) = _net(backend, size)
+    x_host = gn.to_numpy(x)
+    ws = net.workspace(x.shape[0], gradients=False)
+
+    def bare():
+        return backend.to_numpy(backend.softmax(net.forward_into(backend.asarray(x_host), ws)))
+
+    def public():
+        return net.predict_proba(x_host)
+
+    shifted = ref_logits - ref_logits.max(axis=1, keepdims=True)
+    ref_probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    assert_close(public(), ref_probs, DTYPE, "predict_proba")
+    assert_close(bare(), ref_probs, DTYPE, "bare forward and softmax")
+    _describe(benchmark, "mlp_predict", "gpunet", backend.name, _device(backend), size,
+              mlp_forward_flops(size.widths, size.batch))
+    measure(public, sync=device_sync(backend.name), partners=[("bare", bare, device_sync(backend.name))])
 
 
 def _check_first_step(loss, grads, params_after, size):

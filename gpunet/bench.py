@@ -25,6 +25,7 @@ CASES = {
     "mlp_train_step": "whole training step: forward, loss, backward, SGD momentum update",
     "mlp_step_gemms": "the training step alternating with its own GEMMs replayed alone",
     "mlp_forward": "forward pass to the logits",
+    "mlp_predict": "predict_proba (checks, thread-safe buffers, host copy) against the bare forward and softmax",
     "mlp_backward": "backward pass from delta_L to every gradient",
     "epoch_digits": "one epoch of fit() on digits (64-256-10, batch 32, SGD momentum)",
     "softmax_xent": "softmax + cross-entropy + gradient from integer labels",
@@ -253,6 +254,9 @@ def _ratios(rows):
             if "gemms" in paired:   # step/GEMMs per alternating round: the rest is outside them
                 row["outside_gemms"] = 1.0 - 1.0 / paired["gemms"]["ratio"]
                 row["same_rounds_gemms"] = paired["gemms"]["median"]
+            if "bare" in paired:    # the public call over the bare pass it wraps, per round
+                row["over_bare"] = paired["bare"]["ratio"]
+                row["same_rounds_bare"] = paired["bare"]["median"]
             for peer in _PEERS:
                 if peer in paired:      # alternating rounds: the ratio the run measured directly
                     row[f"vs_{peer}"] = paired[peer]["ratio"]
@@ -329,7 +333,9 @@ def render_markdown(rows, machine_info, title="") -> str:
                "rounds. The rows of the peer and of the unfused op are their own, separate runs, "
                "taken at other moments. *Outside GEMMs* (mlp_step_gemms) is the share of a training "
                "step not spent in its GEMMs: the step's own GEMMs (same operands and buffers) are "
-               "replayed alone in rounds alternating with the step and nothing else. *fused-registers* is the CUDA variant for rows over "
+               "replayed alone in rounds alternating with the step and nothing else. *public/bare* (mlp_predict) is "
+               "``predict_proba``'s time over the bare forward pass and softmax it wraps, per alternating round: "
+               "what its input checks and thread-safe buffers cost. *fused-registers* is the CUDA variant for rows over "
                "1024 columns that keeps each row in registers (GPUNET_LONG_ROWS=registers) beside the "
                "default, which keeps it in shared memory. On a GPU, *host time to queue* is how long the "
                "host takes to launch one call: near the median, launch overhead bounds the case.")
@@ -361,6 +367,9 @@ def render_markdown(rows, machine_info, title="") -> str:
         if any("outside_gemms" in r for r in crow):
             columns.append(("outside GEMMs", lambda r: "" if "outside_gemms" not in r else
                             f"{_pct(r['outside_gemms'])} (GEMMs alone {fmt_time(r['same_rounds_gemms'])})"))
+        if any("over_bare" in r for r in crow):
+            columns.append(("public/bare", lambda r: "" if "over_bare" not in r else
+                            f"{_x(r['over_bare'])} (bare {fmt_time(r['same_rounds_bare'])})"))
         optional = [("fused speedup", "fused_speedup"), ("CuPy/NumPy speedup", "gpu_speedup"),
                     ("gpunet/PyTorch eager", "vs_torch-eager"), ("gpunet/torch.compile", "vs_torch-compile")]
         for label, key in optional:

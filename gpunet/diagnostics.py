@@ -8,7 +8,7 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
-from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from .activations import KERNEL_ACTIVATIONS, Identity, LeakyReLU, Sigmoid, Tanh
 from .cuda import layout
 from .cupy_backend import CupyBackend
 from .numpy_backend import NumpyBackend
@@ -37,7 +37,8 @@ def parity_check(seed: int = 0) -> list[dict]:
         rows.append({"op": op, "dtype": np.dtype(dtype).name, "max_error": err, "tolerance": tol,
                      "ok": bool(err <= tol)})
 
-    acts = [Identity(), Sigmoid(), Sigmoid(c=2.0, beta=0.5), Tanh(), ReLU(), LeakyReLU(0.1)]
+    # every activation the kernels implement, and two with parameters off their defaults
+    acts = [cls() for cls in KERNEL_ACTIVATIONS.values()] + [Sigmoid(c=2.0, beta=0.5), LeakyReLU(0.1)]
     for dtype in (np.float32, np.float64):
         z = rng.normal(scale=3.0, size=(67, 131)).astype(dtype)
         b = rng.normal(size=131).astype(dtype)

@@ -214,6 +214,9 @@ class TrainingStep:
         self.optimizer = optimizer
         self.clip_norm = clip_norm
         self._workspaces = {}
+        self._updating = net.writing_parameters()   # reusable: no allocation per step
+        self._n_decay = net.n_weights
+        self._no_options = {}
         self.epoch = 0
 
     def begin_epoch(self, epoch: int):
@@ -225,6 +228,7 @@ class TrainingStep:
         self.bad = xp.zeros((), dtype=bool)
 
     def workspace(self, rows):
+        """The step's buffers for batches of ``rows`` examples (made on first use)."""
         ws = self._workspaces.get(rows)
         if ws is None:
             ws = self._workspaces[rows] = self.net.workspace(rows)
@@ -235,7 +239,7 @@ class TrainingStep:
         ``batch_weight``; default the batch size); ``lr`` overrides the optimizer's rate."""
         net, be = self.net, self.net.backend
         xp = be.xp
-        ws = self.workspace(x.shape[0])
+        ws = self._workspaces.get(x.shape[0]) or self.workspace(x.shape[0])
         self.steps += 1
         with np.errstate(over="ignore", invalid="ignore"):
             loss = net.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=False)
@@ -249,10 +253,11 @@ class TrainingStep:
                     f"loss or gradient became non-finite at epoch {self.epoch + 1}, step {self.steps} "
                     f"(loss={float(loss)}); parameters are those from before that step. "
                     "Try a smaller learning rate or clip_norm.")
-            with net.writing_parameters():
+            # an optimizer of the user's may take no lr: it is passed only when a schedule sets one
+            extra = self._no_options if lr is None else {"lr": lr}
+            with self._updating:
                 self.optimizer.step(be, net.flat_params, ws.flat_grads, weight_decay=net.weight_decay,
-                                    n_decay=net.n_weights, scale=scale, skip=self.bad,
-                                    **({} if lr is None else {"lr": lr}))
+                                    n_decay=self._n_decay, scale=scale, skip=self.bad, **extra)
             self.loss_sum += loss * (x.shape[0] if batch_weight is None else batch_weight)
             self.metric_sum += batch_metric_sum(ws.output, targets, net.is_classifier)
         return loss
@@ -278,18 +283,19 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int):
     order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
     order = be.asarray(order)
     lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
+    step_lr = None if plan.schedule is None else lr
+    per_step, batch, x, targets, weights = plan.schedule_per_step, plan.batch_size, plan.x, plan.targets, plan.weights
     step.begin_epoch(epoch)
-    for index, start in enumerate(range(0, plan.n, plan.batch_size)):
-        if plan.schedule_per_step and index:
-            lr = plan.lr_for(epoch, index)
-        idx = order[start:start + plan.batch_size]
+    for index, start in enumerate(range(0, plan.n, batch)):
+        if per_step and index:
+            lr = step_lr = plan.lr_for(epoch, index)
+        idx = order[start:start + batch]
         row_scale = batch_weight = None
-        if plan.weights is not None:
-            wb = be.take_rows(plan.weights, idx)
+        if weights is not None:
+            wb = be.take_rows(weights, idx)
             batch_weight = wb.sum()
             row_scale = row_scale_from_weights(wb, batch_weight)
-        step(be.take_rows(plan.x, idx), be.take_rows(plan.targets, idx), row_scale=row_scale,
-             batch_weight=batch_weight, lr=None if plan.schedule is None else lr)
+        step(be.take_rows(x, idx), be.take_rows(targets, idx), row_scale, batch_weight, step_lr)
     return lr
 
 
