@@ -102,7 +102,8 @@ _PARAMETERS_DOC = """
 
 
 class _BaseMLP(BaseEstimator):
-    """Shared constructor, fit and pickling of the two estimators (parameters: ``_PARAMETERS_DOC``)."""
+    """Shared constructor and fit of the two estimators (parameters: ``_PARAMETERS_DOC``); the
+    fitted ``net_`` pickles itself (architecture, parameters, shuffling state)."""
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4,
                  batch_size="auto", learning_rate_init=1e-3, lr_schedule="constant", max_iter=200,
