@@ -4,9 +4,9 @@
 each with its own buffers, and lets one writer (an optimizer update in ``fit``,
 ``set_flat_params``, restoring the best epoch) change the parameters while no reader is
 inside: a reader sees the parameters between two updates, never part of one. Writers are
-preferred, so a stream of predictions cannot stall training indefinitely, and the BLAS or
-GPU work of the readers runs side by side (the lock is only held around it, not taken
-inside it).
+preferred, so a stream of predictions cannot stall training indefinitely. Readers hold no
+lock while they compute, so their BLAS or GPU work runs side by side; a writer holds the
+guard's lock for its (short) update.
 
 On a GPU, holding the lock while work is *queued* orders it only for threads that share a
 CUDA stream (CuPy's default); for readers and writers on different streams the guard also
@@ -191,10 +191,6 @@ class ExclusiveClaim:
     def held_by_other_thread(self) -> bool:
         holder = self._holder
         return holder is not None and holder != threading.get_ident()
-
-    @property
-    def held(self) -> bool:
-        return self._holder is not None
 
     @contextlib.contextmanager
     def claim(self):
