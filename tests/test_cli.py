@@ -67,6 +67,7 @@ def assert_real_png(path):
 
 # ---- train ------------------------------------------------------------------------------------------
 def test_default_train_reaches_97_percent_on_digits(capsys):
+    pytest.importorskip("sklearn", reason="the digits dataset ships with scikit-learn (not installed)")
     code, out, err = run_main(["train", "--no-progress"], capsys)
     assert code == 0, err
     assert "dataset digits" in out
@@ -75,6 +76,8 @@ def test_default_train_reaches_97_percent_on_digits(capsys):
 
 
 def test_train_saves_a_loadable_model_and_a_png(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the digits dataset ships with scikit-learn (not installed)")
+    pytest.importorskip("matplotlib", reason="the learning-curve plot needs matplotlib (not installed)")
     model, png = tmp_path / "digits.npz", tmp_path / "curves.png"
     argv = ["train", "--no-progress", "--epochs", "4", "--hidden", "32", "16", "--activation", "tanh",
             "--lr", "0.05", "--momentum", "0.8", "--nesterov", "--weight-decay", "0", "--dtype", "float64",
@@ -103,6 +106,7 @@ def test_train_saves_a_loadable_model_and_a_png(tmp_path, capsys):
 def test_bundled_datasets(tmp_path, capsys, dataset, metric, n_features, floor):
     if dataset == "mnist1d":
         pytest.importorskip("mnist1d")      # an optional extra (e.g. absent on the GPU image)
+    pytest.importorskip("matplotlib", reason="the learning-curve plot needs matplotlib (not installed)")
     png = tmp_path / "curves.png"
     epochs = "1" if dataset == "mnist1d" else "5"
     argv = ["train", "--no-progress", "--dataset", dataset, "--epochs", epochs, "--hidden", "64",

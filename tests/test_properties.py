@@ -6,12 +6,15 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
-import gpunet as gn
-from test_gradients import complex_step_gradient, flat_analytic
+pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install hypothesis)")
+
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+import gpunet as gn  # noqa: E402
+from test_gradients import complex_step_gradient, flat_analytic  # noqa: E402
 
 # the backend fixture only selects a backend: sharing it between examples is safe
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
