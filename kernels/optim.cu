@@ -6,25 +6,63 @@
 // the loss or gradient went non-finite) are read from device memory, so the host never
 // waits for them. When *skip is true no thread writes anything.
 //
-// The arithmetic uses explicitly rounded operations (no fused multiply-add contraction)
-// in the order of the NumPy reference, so on finite data the result equals the reference
-// bit for bit.
+// The arithmetic uses explicitly rounded operations (no fused multiply-add contraction, no
+// flush of subnormals) in the order of the NumPy reference, so on finite data the result
+// equals the reference bit for bit.
 //
 // To add an optimizer: a new section with its formula comment, a template over T using
 // the rn_* helpers, and extern "C" <name>_f32 / <name>_f64 wrappers; a launcher in
 // gpunet/cuda/launch.py; an override in gpunet/cupy_backend.py (docs/extending.md).
 
-// ---- correctly rounded arithmetic without contraction --------------------------------------
+// ---- correctly rounded arithmetic without contraction or flush-to-zero ---------------------
+// CuPy compiles every RawModule with -ftz=true appended after the caller's options (the last
+// one wins), which makes each float instruction the compiler emits flush subnormal inputs and
+// results to zero, while the NumPy twin keeps them (Adam's exp_avg_sq of a 1e-20 gradient is
+// ~1e-43 there). The float helpers are therefore PTX written out without .ftz: the updates
+// keep subnormals and stay equal to the reference bit for bit. Double has no flush mode. The
+// host build of the kernel emulator (no __CUDA_ARCH__) computes in IEEE float, which keeps
+// them too. tests/test_kernel_compile.py checks this topic's PTX for .ftz.
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ float rn_add(float a, float b) {
+    float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float rn_sub(float a, float b) {
+    float r; asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float rn_mul(float a, float b) {
+    float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float rn_div(float a, float b) {
+    float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float rn_sqrt(float a) {
+    float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r;
+}
+// a != 0 and a < 0 as IEEE compares them (a subnormal is not zero; NaN != 0, !(NaN < 0))
+__device__ __forceinline__ bool rn_nonzero(float a) {
+    unsigned r; asm("{ .reg .pred p; setp.neu.f32 p, %1, 0f00000000; selp.u32 %0, 1, 0, p; }" : "=r"(r) : "f"(a));
+    return r != 0u;
+}
+__device__ __forceinline__ bool rn_negative(float a) {
+    unsigned r; asm("{ .reg .pred p; setp.lt.f32 p, %1, 0f00000000; selp.u32 %0, 1, 0, p; }" : "=r"(r) : "f"(a));
+    return r != 0u;
+}
+#else
 __device__ __forceinline__ float rn_add(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double rn_add(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ float rn_sub(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double rn_sub(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ float rn_mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double rn_mul(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float rn_div(float a, float b) { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double rn_div(double a, double b) { return __ddiv_rn(a, b); }
 __device__ __forceinline__ float rn_sqrt(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ bool rn_nonzero(float a) { return a != 0.0f; }
+__device__ __forceinline__ bool rn_negative(float a) { return a < 0.0f; }
+#endif
+__device__ __forceinline__ double rn_add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double rn_sub(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double rn_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double rn_div(double a, double b) { return __ddiv_rn(a, b); }
 __device__ __forceinline__ double rn_sqrt(double a) { return __dsqrt_rn(a); }
+__device__ __forceinline__ bool rn_nonzero(double a) { return a != 0.0; }
+__device__ __forceinline__ bool rn_negative(double a) { return a < 0.0; }
 
 // ---- SGD with momentum / Nesterov, L2 weight decay and gradient clipping -------------------
 //   g = scale * grad + (i < n_decay ? weight_decay * p : 0)     (the decay term only when
@@ -44,9 +82,9 @@ __device__ void sgd_update(T* params, const T* grads, T* velocity, long long siz
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
         const T p = params[i];
         T g = rn_mul(grads[i], s);
-        if (weight_decay != T(0) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
+        if (rn_nonzero(weight_decay) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
         T step = g;
-        if (momentum != T(0)) {
+        if (rn_nonzero(momentum)) {
             const T v = rn_add(rn_mul(velocity[i], momentum), g);
             velocity[i] = v;
             step = nesterov ? rn_add(g, rn_mul(momentum, v)) : v;
@@ -88,7 +126,7 @@ __device__ void adam_update(T* params, const T* grads, T* exp_avg, T* exp_avg_sq
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
         T p = params[i];
         T g = rn_mul(grads[i], s);
-        if (weight_decay != T(0) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
+        if (rn_nonzero(weight_decay) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
         if (decoupled && i < n_decay) p = rn_mul(p, decay_factor);
         const T m = rn_add(rn_mul(exp_avg[i], beta1), rn_mul(one_minus_beta1, g));
         const T v = rn_add(rn_mul(exp_avg_sq[i], beta2), rn_mul(one_minus_beta2, rn_mul(g, g)));
@@ -139,7 +177,7 @@ __device__ void rmsprop_update(T* params, const T* grads, T* square_avg, T* grad
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
         const T p = params[i];
         T g = rn_mul(grads[i], s);
-        if (weight_decay != T(0) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
+        if (rn_nonzero(weight_decay) && i < n_decay) g = rn_add(g, rn_mul(weight_decay, p));
         const T sq = rn_add(rn_mul(square_avg[i], alpha), rn_mul(one_minus_alpha, rn_mul(g, g)));
         square_avg[i] = sq;
         T var = sq;
@@ -147,11 +185,11 @@ __device__ void rmsprop_update(T* params, const T* grads, T* square_avg, T* grad
             const T a = rn_add(rn_mul(grad_avg[i], alpha), rn_mul(one_minus_alpha, g));
             grad_avg[i] = a;
             var = rn_sub(sq, rn_mul(a, a));
-            if (var < T(0)) var = T(0);
+            if (rn_negative(var)) var = T(0);
         }
         const T denom = rn_add(rn_sqrt(var), eps);
         T step = rn_div(g, denom);
-        if (momentum != T(0)) {
+        if (rn_nonzero(momentum)) {
             step = rn_add(rn_mul(momentum_buf[i], momentum), step);
             momentum_buf[i] = step;
         }

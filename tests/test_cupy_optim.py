@@ -14,7 +14,7 @@ import pytest
 cupy = pytest.importorskip("cupy")
 
 from gpunet.cuda import layout  # noqa: E402
-from gpunet.optim import Adam, AdamHyper, AdamW, RMSprop, RMSpropHyper  # noqa: E402
+from gpunet.optim import SGD, Adam, AdamHyper, AdamW, RMSprop, RMSpropHyper  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -216,3 +216,30 @@ def test_optimizer_objects_on_gpu_equal_numpy(gpu, ref, make, dtype, rng):
         on_gpu.step(gpu, p_gpu, cupy.asarray(g), weight_decay=1e-3, n_decay=4000,
                     scale=cupy.asarray(dtype(0.9)), skip=cupy.zeros((), dtype=bool))
     assert_bitwise(p_gpu, p_ref)
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(lr=1e-3, momentum=0.9), lambda: Adam(lr=1e-3, weight_decay=1e-30),
+                                  lambda: RMSprop(lr=1e-3, momentum=0.5, centered=True)],
+                         ids=["sgd", "adam", "rmsprop"])
+def test_float32_updates_keep_subnormals_as_numpy_does(gpu, ref, make, rng):
+    """Gradients and parameters down to float32's subnormal range (Adam's second moment of a
+    1e-20 gradient is ~1e-43): no flush to zero on the device, where CuPy compiles with
+    -ftz=true, so the updates stay equal to the reference bit for bit."""
+    size = 3001
+    mags = np.array([1e-20, 1e-30, 1e-38, 3e-41, 1.0], dtype=np.float64)
+    p_host = (draw(rng, size, np.float64) * mags[rng.integers(len(mags), size=size)]).astype(np.float32)
+    grads = [(draw(rng, size, np.float64) * mags[rng.integers(len(mags), size=size)]).astype(np.float32)
+             for _ in range(3)]
+    assert (np.abs(grads[0]) < np.finfo(np.float32).tiny).any()     # subnormals in the input
+    on_cpu, on_gpu = make(), make()
+    p_ref, p_gpu = p_host.copy(), cupy.asarray(p_host)
+    for g in grads:
+        on_cpu.step(ref, p_ref, g, weight_decay=1e-30, n_decay=2000, scale=np.float32(1.0))
+        on_gpu.step(gpu, p_gpu, cupy.asarray(g), weight_decay=1e-30, n_decay=2000, scale=cupy.ones((), np.float32),
+                    skip=cupy.zeros((), dtype=bool))
+    assert_bitwise(p_gpu, p_ref)
+    state = {"sgd": ["velocity"], "adam": ["exp_avg", "exp_avg_sq"], "rmsprop": ["square_avg", "grad_avg"]}
+    for name in state[on_cpu.name]:
+        assert_bitwise(getattr(on_gpu, name), getattr(on_cpu, name))
+    if on_cpu.name == "adam":
+        assert ((host(on_gpu.exp_avg_sq) > 0) & (host(on_gpu.exp_avg_sq) < np.finfo(np.float32).tiny)).any()

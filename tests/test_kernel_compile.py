@@ -101,6 +101,36 @@ def test_nvrtc_compiles_every_source(nvrtc_results, arch):
     _assert_compiled(nvrtc_results, arch)
 
 
+# the topics whose kernels claim bit-for-bit parity with their NumPy twin (the optimizer
+# updates); the others are compared within a dtype-scaled tolerance, which a flushed subnormal
+# (below 1.2e-38 in float32) stays inside
+BITWISE_TOPICS = ("optim",)
+
+
+@pytest.mark.parametrize("compiler", ["nvcc", "nvrtc"])
+def test_bitwise_topics_keep_subnormals_under_cupys_flush_option(compiler):
+    """CuPy appends -ftz=true to every RawModule; the bitwise topics write their float
+    arithmetic as PTX without .ftz, so they keep subnormals as NumPy does."""
+    if (compiler == "nvcc" and NVCC is None) or (compiler == "nvrtc" and NVRTC is None):
+        pytest.skip(f"{compiler} is not available")
+    for topic in BITWISE_TOPICS:
+        ptx = sources.compile_ptx(topic, compiler)
+        flushed = sorted(set(re.findall(r"\b[a-z]+(?:\.[a-z0-9]+)*\.ftz(?:\.[a-z0-9]+)*", ptx)))
+        assert not flushed, f"kernels/{topic}.cu flushes subnormals under CuPy's options: {flushed}"
+    # the check can fail: the element-wise topic, compiled alike, does flush
+    assert ".ftz." in sources.compile_ptx("activations", compiler)
+
+
+def test_the_installed_cupy_appends_the_options_we_compile_with():
+    pytest.importorskip("cupy", reason="CuPy is not installed")
+    import inspect
+
+    from cupy.cuda import compiler
+    text = inspect.getsource(compiler)
+    for option in sources.CUPY_APPENDED_OPTIONS:
+        assert f"'{option}'" in text, f"CuPy no longer adds {option}: update CUPY_APPENDED_OPTIONS"
+
+
 def test_compile_reports_a_broken_source(tmp_path, monkeypatch):
     """The check would catch a broken kernel (so a green run means something)."""
     if NVRTC is None and NVCC is None:

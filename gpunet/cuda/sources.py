@@ -11,8 +11,9 @@ then the element-wise activations generated from the registry in ``gpunet.activa
 activation that has a kernel id, and ``GN_FOR_EACH_ACTIVATION``, the list of ids the
 kernels' switches cover), then the topic itself after a ``#line`` directive.
 
-``compile_sources`` compiles every source without a GPU (NVRTC through
-``cupy.cuda.nvrtc``, or ``nvcc -ptx``), for ``gpunet info`` and the tests.
+``compile_sources`` and ``compile_ptx`` compile without a GPU (NVRTC through
+``cupy.cuda.nvrtc``, or ``nvcc -ptx``) with the flush-to-zero setting CuPy adds, for
+``gpunet info`` and the tests.
 """
 from __future__ import annotations
 
@@ -25,14 +26,19 @@ from pathlib import Path
 
 from ..activations import KERNEL_ACTIVATIONS
 
-__all__ = ["KERNEL_TOPICS", "PRELUDE", "kernel_dir", "kernel_sources", "module_source", "activation_source",
-           "kernel_names", "get_kernel", "load_all", "compile_sources", "nvrtc_version", "nvcc_path"]
+__all__ = ["KERNEL_TOPICS", "PRELUDE", "NVRTC_OPTIONS", "CUPY_APPENDED_OPTIONS", "kernel_dir", "kernel_sources",
+           "module_source", "activation_source", "kernel_names", "get_kernel", "load_all", "compile_sources",
+           "compile_ptx", "nvrtc_version", "nvcc_path"]
 
 KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "reduce", "optim")
 PRELUDE = "common.cuh"      # device helpers put in front of every topic (see module_source)
 
 # NVRTC 12/13 defaults to C++17, which the sources need at most; no options are required.
 NVRTC_OPTIONS: tuple[str, ...] = ()
+# What CuPy 14 appends to a RawModule's own options when it compiles with NVRTC
+# (cupy/cuda/compiler.py; the last -ftz wins, so float instructions flush subnormals). The
+# offline compiles below add them too, so they check what CuPy will build.
+CUPY_APPENDED_OPTIONS: tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
 
 
 # ---- the source texts ---------------------------------------------------------------------
@@ -163,18 +169,19 @@ def load_all() -> dict[str, list[str]]:
 
 
 # ---- compile without a GPU ----------------------------------------------------------------
-def _nvrtc_compile(source: str, filename: str, arch: str) -> str | None:
-    """Compile with NVRTC to PTX for ``arch`` ("sm_90" -> compute_90); None on success, else the log."""
+def _nvrtc_compile(source: str, filename: str, arch: str) -> tuple[str | None, str | None]:
+    """Compile with NVRTC to PTX for ``arch`` ("sm_90" -> compute_90), with CuPy's options;
+    (ptx, None) on success, else (None, the log)."""
     from cupy.cuda import nvrtc
     prog = nvrtc.createProgram(source, filename, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [f"--gpu-architecture=compute_{arch.removeprefix('sm_')}",
-                                        *NVRTC_OPTIONS])
+            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, *CUPY_APPENDED_OPTIONS,
+                                        f"--gpu-architecture=compute_{arch.removeprefix('sm_')}"])
         except nvrtc.NVRTCError as exc:
-            return f"{exc}\n{nvrtc.getProgramLog(prog)}"
-        nvrtc.getPTX(prog)
-        return None
+            return None, f"{exc}\n{nvrtc.getProgramLog(prog)}"
+        ptx = nvrtc.getPTX(prog)
+        return (ptx.decode() if isinstance(ptx, bytes) else ptx), None
     finally:
         nvrtc.destroyProgram(prog)
 
@@ -192,25 +199,21 @@ def nvcc_path() -> str | None:
     return shutil.which("nvcc")
 
 
-def _nvcc_compile(path: Path, arch: str) -> str | None:
+def _nvcc_compile(path: Path, arch: str) -> tuple[str | None, str | None]:
+    """``nvcc -ptx`` with CuPy's flush-to-zero setting; (ptx, None) or (None, the output)."""
     with tempfile.TemporaryDirectory() as tmp:
         # the same text RawModule compiles (prelude, activations, topic), so nvcc checks what will run
         full = Path(tmp) / path.name
         full.write_text(module_source(path), encoding="utf-8")
-        cmd = [nvcc_path() or "nvcc", "-ptx", f"-arch={arch}", str(full), "-o", os.path.join(tmp, "out.ptx")]
+        out = Path(tmp) / "out.ptx"
+        cmd = [nvcc_path() or "nvcc", "-ptx", f"-arch={arch}", "-ftz=true", str(full), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            return f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
-    return None
+            return None, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
+        return out.read_text(encoding="utf-8"), None
 
 
-def compile_sources(compiler: str = "auto", archs=("sm_80", "sm_90")) -> list[tuple[str, str, str, str | None]]:
-    """Compile every ``kernels/*.cu`` for each architecture, launching nothing.
-
-    ``compiler``: "nvrtc" (``cupy.cuda.nvrtc``; needs libnvrtc, not a GPU), "nvcc"
-    (``nvcc -ptx``) or "auto" (NVRTC when it loads, else nvcc). Returns
-    ``[(topic, compiler, arch, error_or_None)]``; raises RuntimeError when no compiler is there.
-    """
+def _pick_compiler(compiler: str) -> str:
     if compiler == "auto":
         compiler = "nvrtc" if nvrtc_version() is not None else ("nvcc" if nvcc_path() else None)
         if compiler is None:
@@ -221,11 +224,41 @@ def compile_sources(compiler: str = "auto", archs=("sm_80", "sm_90")) -> list[tu
         raise RuntimeError("nvcc is not on PATH")
     if compiler not in ("nvrtc", "nvcc"):
         raise ValueError(f"unknown compiler {compiler!r}; choose 'auto', 'nvrtc' or 'nvcc'")
+    return compiler
+
+
+def _compile(compiler: str, path: Path, arch: str) -> tuple[str | None, str | None]:
+    if compiler == "nvrtc":
+        return _nvrtc_compile(module_source(path), path.name, arch)
+    return _nvcc_compile(path, arch)
+
+
+def compile_ptx(topic: str, compiler: str = "auto", arch: str = "sm_90") -> str:
+    """The PTX of ``kernels/<topic>.cu`` as CuPy would build it (no GPU needed); raises
+    RuntimeError with the compiler's log when it does not compile."""
+    compiler = _pick_compiler(compiler)
+    sources = kernel_sources()
+    if topic not in sources:
+        raise FileNotFoundError(f"no kernels/{topic}.cu among {sorted(sources)}")
+    ptx, error = _compile(compiler, sources[topic], arch)
+    if error:
+        raise RuntimeError(error)
+    return ptx
+
+
+def compile_sources(compiler: str = "auto", archs=("sm_80", "sm_90")) -> list[tuple[str, str, str, str | None]]:
+    """Compile every ``kernels/*.cu`` for each architecture, launching nothing.
+
+    ``compiler``: "nvrtc" (``cupy.cuda.nvrtc``; needs libnvrtc, not a GPU), "nvcc"
+    (``nvcc -ptx``) or "auto" (NVRTC when it loads, else nvcc). Returns
+    ``[(topic, compiler, arch, error_or_None)]``; raises RuntimeError when no compiler is there.
+    """
+    compiler = _pick_compiler(compiler)
     jobs = [(topic, path, arch) for topic, path in kernel_sources().items() for arch in archs]
     if compiler == "nvrtc":
-        errors = [_nvrtc_compile(module_source(path), path.name, arch) for _, path, arch in jobs]
+        results = [_compile(compiler, path, arch) for _, path, arch in jobs]
     else:  # separate processes: run them side by side
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            errors = list(pool.map(lambda job: _nvcc_compile(job[1], job[2]), jobs))
-    return [(topic, compiler, arch, err) for (topic, _, arch), err in zip(jobs, errors)]
+            results = list(pool.map(lambda job: _compile(compiler, job[1], job[2]), jobs))
+    return [(topic, compiler, arch, error) for (topic, _, arch), (_, error) in zip(jobs, results)]

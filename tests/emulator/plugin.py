@@ -360,18 +360,26 @@ def _emulated_kernel(topic, name):
     return KERNELS[name]
 
 
-# ---- pytest hooks ---------------------------------------------------------------------------
-def pytest_configure(config):
-    config.addinivalue_line("markers", "real_cupy: needs CuPy itself, not only the kernels (skipped under the emulator)")
+def activate(small_grids=True):
+    """Build the kernels for the host and send gpunet's launches to them (the stand-in for
+    ``cupy`` is in place from this module's import on). ``small_grids`` lowers the grid caps
+    so that a few thousand elements wrap every grid-stride loop (the tests); a run of a whole
+    command (``run.py``) keeps the real caps."""
     cache = Path(os.environ.get("GPUNET_EMULATOR_CACHE", Path(tempfile.gettempdir()) / "gpunet-host-kernels"))
     KERNELS.update(host_kernels.build(cache))
     from gpunet.cuda import layout, sources
     sources.get_kernel = _emulated_kernel
     host_kernels.HostKernel.after_launch = staticmethod(_check_guards)
-    # small grids, so that a few thousand elements wrap every grid-stride loop
-    layout.MAX_GRID_1D = 3
-    layout.MAX_GRID_ROWS = 3
-    layout.MAX_REDUCTION_BLOCKS = 5
+    if small_grids:
+        layout.MAX_GRID_1D = 3
+        layout.MAX_GRID_ROWS = 3
+        layout.MAX_REDUCTION_BLOCKS = 5
+
+
+# ---- pytest hooks ---------------------------------------------------------------------------
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_cupy: needs CuPy itself, not only the kernels (skipped under the emulator)")
+    activate()
 
 
 def pytest_report_header(config):
