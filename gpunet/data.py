@@ -1,7 +1,10 @@
 """Bundled datasets (all generated or shipped offline) and the usual preparation steps.
 
-- ``load_digits``: scikit-learn's 8x8 handwritten digits, 1797 x 64, 10 classes
-  (ships inside scikit-learn; needs the ``data`` extra).
+- ``load_digits``: the 8x8 handwritten digits (UCI "Optical Recognition of Handwritten
+  Digits", the 1797-image set scikit-learn also ships), 1797 x 64, 10 classes; bundled in
+  ``gpunet/datasets/digits.npz`` (pixel counts 0-16 and labels as uint8, 45 KB), so it needs
+  nothing installed. The data are CC BY 4.0 (Alpaydin and Kaynak, UCI Machine Learning
+  Repository).
 - ``load_mnist1d``: MNIST-1D (Greydanus 2020), generated from its templates by the
   ``mnist1d`` package, never downloaded; 4000 + 1000 x 40, 10 classes.
 - ``make_spirals``: a synthetic K-armed spiral classification set (NumPy only).
@@ -13,6 +16,7 @@ features and int64 labels (regression: float64 targets (N, K)).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -86,14 +90,13 @@ def _standardized(name, X_train, y_train, X_test, y_test):
     return Dataset(scaler.transform(X_train), y_train, scaler.transform(X_test), y_test, name)
 
 
+DIGITS_FILE = Path(__file__).resolve().parent / "datasets" / "digits.npz"
+
+
 def load_digits(test_size=0.2, seed=0, standardize=True) -> Dataset:
-    """scikit-learn's digits (1797 8x8 images), split with stratification."""
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError:
-        raise ImportError("the digits dataset ships with scikit-learn: pip install 'gpunet[data]'") from None
-    bunch = sk_load_digits()
-    X, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
+    """The bundled digits (1797 8x8 images, pixel counts 0-16), split with stratification."""
+    with np.load(DIGITS_FILE, allow_pickle=False) as bundled:
+        X, y = bundled["images"].astype(np.float64), bundled["labels"].astype(np.int64)
     split = train_test_split(X, y, test_size=test_size, seed=seed)
     return _standardized("digits", *split) if standardize else Dataset(*split, "digits")
 

@@ -2,7 +2,7 @@
 (or ``gpunet recipe NAME``). Each trains one MLP on a bundled dataset and prints its figure
 beside the reference it is meant to reach.
 
-- ``digits``: scikit-learn's 8x8 digits, 80/20 stratified split (``load_digits(seed=0)``),
+- ``digits``: the bundled 8x8 digits, 80/20 stratified split (``load_digits(seed=0)``),
   target >= 98% test accuracy. One hidden layer of 2048 ReLU units, trained on the training
   images and their eight one-pixel shifts (the test images are never shifted).
 - ``mnist1d``: MNIST-1D (Greydanus 2020), 4000/1000 split generated offline. The paper's MLP
@@ -88,7 +88,7 @@ def shift_images(X, side, shifts):
 
 
 def digits(seed=0, epochs=30, progress=False) -> RecipeResult:
-    """>= 98% test accuracy on scikit-learn's digits with one hidden layer."""
+    """>= 98% test accuracy on the bundled digits with one hidden layer."""
     import gpunet as gn
     from gpunet.data import load_digits
     from gpunet.schedules import CosineDecay

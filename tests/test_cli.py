@@ -67,7 +67,6 @@ def assert_real_png(path):
 
 # ---- train ------------------------------------------------------------------------------------------
 def test_default_train_reaches_97_percent_on_digits(capsys):
-    pytest.importorskip("sklearn", reason="the digits dataset ships with scikit-learn (not installed)")
     code, out, err = run_main(["train", "--no-progress"], capsys)
     assert code == 0, err
     assert "dataset digits" in out
@@ -76,7 +75,6 @@ def test_default_train_reaches_97_percent_on_digits(capsys):
 
 
 def test_train_saves_a_loadable_model_and_a_png(tmp_path, capsys):
-    pytest.importorskip("sklearn", reason="the digits dataset ships with scikit-learn (not installed)")
     pytest.importorskip("matplotlib", reason="the learning-curve plot needs matplotlib (not installed)")
     model, png = tmp_path / "digits.npz", tmp_path / "curves.png"
     argv = ["train", "--no-progress", "--epochs", "4", "--hidden", "32", "16", "--activation", "tanh",

@@ -101,6 +101,36 @@ def test_nvrtc_compiles_every_source(nvrtc_results, arch):
     _assert_compiled(nvrtc_results, arch)
 
 
+ENTRY_POINTS = [(topic, name) for topic, path in sorted(SOURCES.items())
+                for name in sources.kernel_names(path.read_text(encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("topic, name", ENTRY_POINTS, ids=[n for _, n in ENTRY_POINTS])
+def test_a_one_kernel_module_keeps_its_entry_point_and_nothing_else(topic, name):
+    """Each kernel is compiled on its own (only the template instances a process launches):
+    its module text declares that entry point alone, and everything else of the topic stays."""
+    text = sources.module_source(SOURCES[topic], kernels={name})
+    assert sources.kernel_names(text) == [name]
+    whole = sources.module_source(SOURCES[topic])
+    assert len(text) < len(whole) or len(sources.kernel_names(whole)) == 1
+
+
+@pytest.mark.skipif(NVRTC is None and NVCC is None, reason="neither NVRTC nor nvcc is available")
+def test_every_one_kernel_module_compiles():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(entry):
+        topic, name = entry
+        try:
+            return name, "" if sources.compile_ptx(topic, kernels={name}) else "no PTX"
+        except RuntimeError as exc:
+            return name, str(exc)
+
+    with ThreadPoolExecutor(4) as pool:
+        failures = {name: err for name, err in pool.map(build, ENTRY_POINTS) if err}
+    assert not failures, "\n\n".join(f"{name}:\n{err}" for name, err in failures.items())
+
+
 # the topics whose kernels claim bit-for-bit parity with their NumPy twin (the optimizer
 # updates); the others are compared within a dtype-scaled tolerance, which a flushed subnormal
 # (below 1.2e-38 in float32) stays inside

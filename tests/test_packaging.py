@@ -134,13 +134,16 @@ def test_installed_wheel_finds_kernels_and_command(installed_wheel):
         "(command,) = entry_points(group='console_scripts', name='gpunet')\n"
         "import gpunet.cli\n"
         "print(command.load() is gpunet.cli.main)\n"
+        "from gpunet.data import load_digits\n"
+        "print(load_digits().X_train.shape)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GPUNET_BACKEND")}
     env["PYTHONPATH"] = str(installed_wheel)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             env=env, cwd=installed_wheel, timeout=120)
     assert result.returncode == 0, result.stderr
-    module_file, kernel_folder, topics, command_ok = result.stdout.strip().splitlines()
+    module_file, kernel_folder, topics, command_ok, digits_shape = result.stdout.strip().splitlines()
+    assert digits_shape == "(1438, 64)", "the bundled digits are not in the wheel"
     assert Path(module_file).is_relative_to(installed_wheel), "imported gpunet from somewhere else"
     assert Path(kernel_folder).resolve() == (installed_wheel / "gpunet" / "kernels").resolve()
     assert topics.split(",") == [Path(n).stem for n in _repo_kernel_files()]

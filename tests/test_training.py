@@ -24,7 +24,6 @@ def flat(net):
 
 # ---- real data ---------------------------------------------------------------------------
 def test_digits_default_recipe_reaches_97_percent(backend):
-    pytest.importorskip("sklearn", reason="the digits dataset ships with scikit-learn (not installed)")
     d = load_digits()
     net = gn.MLP([64, 256, 10], activation="relu", weight_decay=1e-3, seed=0)
     history = net.fit(d.X_train, d.y_train, epochs=40, batch_size=32, lr=0.02, momentum=0.9, progress=False)

@@ -106,22 +106,6 @@ def activation_source() -> str:
     return "\n".join(lines) + "\n"
 
 
-def module_source(path: Path) -> str:
-    """The text compiled for one topic: the shared device helpers of ``kernels/common.cuh``,
-    the generated activations, then the topic's own source, with a ``#line`` so compiler
-    messages point into it."""
-    prelude = (kernel_dir() / PRELUDE).read_text(encoding="utf-8")
-    return (f'{prelude}\n#line 1 "activations generated from gpunet/activations.py"\n{activation_source()}'
-            f'#line 1 "{path.name}"\n{path.read_text(encoding="utf-8")}')
-
-
-def _source(topic: str) -> str:
-    sources = kernel_sources()
-    if topic not in sources:
-        raise FileNotFoundError(f"no kernels/{topic}.cu among {sorted(sources)}")
-    return module_source(sources[topic])
-
-
 _ENTRY_POINT = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s+)?(\w+)\s*\(')
 
 
@@ -130,20 +114,51 @@ def kernel_names(source: str) -> list[str]:
     return _ENTRY_POINT.findall(source)
 
 
+def _entry_points_only(text: str, keep) -> str:
+    """``text`` without the ``extern "C"`` entry points whose names are not in ``keep``: the
+    templates behind them are then never instantiated, which is what makes a one-kernel
+    module compile in a fraction of its topic's time."""
+    pieces, pos = [], 0
+    for match in _ENTRY_POINT.finditer(text):
+        if match.group(1) in keep:
+            continue
+        depth, end = 0, text.index("{", match.end())
+        while True:     # the wrapper's body: braces balance, and entry bodies hold no strings
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+            end += 1
+        pieces.append(text[pos:match.start()])
+        pos = end + 1
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def module_source(path: Path, kernels=None) -> str:
+    """The text compiled for one topic: the shared device helpers of ``kernels/common.cuh``,
+    the generated activations, then the topic's own source, with a ``#line`` so compiler
+    messages point into it. With ``kernels`` (names), only those entry points are kept."""
+    prelude = (kernel_dir() / PRELUDE).read_text(encoding="utf-8")
+    topic = path.read_text(encoding="utf-8")
+    if kernels is not None:
+        topic = _entry_points_only(topic, set(kernels))
+    return (f'{prelude}\n#line 1 "activations generated from gpunet/activations.py"\n{activation_source()}'
+            f'#line 1 "{path.name}"\n{topic}')
+
+
+def _path(topic: str) -> Path:
+    sources = kernel_sources()
+    if topic not in sources:
+        raise FileNotFoundError(f"no kernels/{topic}.cu among {sorted(sources)}")
+    return sources[topic]
+
+
 # ---- loading (lazily, once per process and device) ----------------------------------------
-# Two threads compiling the same topic at once both build it; one result is kept (harmless).
-_modules: dict = {}
+# Each kernel is its own module, compiled from its topic with only its entry point kept: a
+# process compiles the template instances it launches and no others (a whole softmax_xent.cu
+# is every row-kernel variant for both dtypes). Two threads compiling the same kernel at once
+# both build it; one result is kept (harmless).
 _functions: dict = {}
-
-
-def _module(topic: str):
-    import cupy
-    key = (topic, cupy.cuda.runtime.getDevice())
-    mod = _modules.get(key)
-    if mod is None:
-        mod = cupy.RawModule(code=_source(topic), options=NVRTC_OPTIONS)
-        _modules[key] = mod
-    return mod
 
 
 def get_kernel(topic: str, name: str):
@@ -152,7 +167,10 @@ def get_kernel(topic: str, name: str):
     key = (topic, name, cupy.cuda.runtime.getDevice())
     fn = _functions.get(key)
     if fn is None:
-        fn = _module(topic).get_function(name)
+        source = module_source(_path(topic), kernels={name})
+        if name not in kernel_names(source):
+            raise KeyError(f"kernels/{topic}.cu has no kernel {name}")
+        fn = cupy.RawModule(code=source, options=NVRTC_OPTIONS).get_function(name)
         _functions[key] = fn
     return fn
 
@@ -199,12 +217,12 @@ def nvcc_path() -> str | None:
     return shutil.which("nvcc")
 
 
-def _nvcc_compile(path: Path, arch: str) -> tuple[str | None, str | None]:
+def _nvcc_compile(source: str, filename: str, arch: str) -> tuple[str | None, str | None]:
     """``nvcc -ptx`` with CuPy's flush-to-zero setting; (ptx, None) or (None, the output)."""
     with tempfile.TemporaryDirectory() as tmp:
         # the same text RawModule compiles (prelude, activations, topic), so nvcc checks what will run
-        full = Path(tmp) / path.name
-        full.write_text(module_source(path), encoding="utf-8")
+        full = Path(tmp) / filename
+        full.write_text(source, encoding="utf-8")
         out = Path(tmp) / "out.ptx"
         cmd = [nvcc_path() or "nvcc", "-ptx", f"-arch={arch}", "-ftz=true", str(full), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -227,20 +245,17 @@ def _pick_compiler(compiler: str) -> str:
     return compiler
 
 
-def _compile(compiler: str, path: Path, arch: str) -> tuple[str | None, str | None]:
-    if compiler == "nvrtc":
-        return _nvrtc_compile(module_source(path), path.name, arch)
-    return _nvcc_compile(path, arch)
+def _compile(compiler: str, path: Path, arch: str, kernels=None) -> tuple[str | None, str | None]:
+    compile_text = _nvrtc_compile if compiler == "nvrtc" else _nvcc_compile
+    return compile_text(module_source(path, kernels), path.name, arch)
 
 
-def compile_ptx(topic: str, compiler: str = "auto", arch: str = "sm_90") -> str:
-    """The PTX of ``kernels/<topic>.cu`` as CuPy would build it (no GPU needed); raises
-    RuntimeError with the compiler's log when it does not compile."""
+def compile_ptx(topic: str, compiler: str = "auto", arch: str = "sm_90", kernels=None) -> str:
+    """The PTX of ``kernels/<topic>.cu`` (of only the entry points ``kernels`` names, as
+    ``get_kernel`` builds one) as CuPy would build it, no GPU needed; raises RuntimeError
+    with the compiler's log when it does not compile."""
     compiler = _pick_compiler(compiler)
-    sources = kernel_sources()
-    if topic not in sources:
-        raise FileNotFoundError(f"no kernels/{topic}.cu among {sorted(sources)}")
-    ptx, error = _compile(compiler, sources[topic], arch)
+    ptx, error = _compile(compiler, _path(topic), arch, kernels)
     if error:
         raise RuntimeError(error)
     return ptx
