@@ -5,7 +5,7 @@
     net.fit(X, y, epochs=20, batch_size=32, lr=0.05, momentum=0.9)
     net.score(X_test, y_test)
 """
-from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activations import Exp, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .backend import get_backend, set_backend, to_numpy, use_backend
 from .gradcheck import gradcheck
 from .mlp import MLP
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP", "set_backend", "get_backend", "use_backend", "to_numpy", "gradcheck",
     "SGD", "Adam", "AdamW", "RMSprop", "History", "TrainingDiverged",
-    "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax", "__version__",
+    "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax", "Exp", "__version__",
 ]

@@ -26,7 +26,7 @@ import math
 from .softmax import softmax_rows
 
 __all__ = [
-    "Activation", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax",
+    "Activation", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax", "Exp",
     "ACTIVATIONS", "HIDDEN_ACTIVATIONS", "OUTPUT_ACTIVATIONS", "KERNEL_ACTIVATIONS", "get_activation",
     "kernel_id_of",
 ]
@@ -223,6 +223,25 @@ class LeakyReLU(Activation):
         return {"name": self.name, "slope": self.slope}
 
 
+class Exp(Activation):
+    """``exp(z)``, an output activation: the mean of a Poisson regressor (with the Poisson loss
+    its gradient at z is ``exp(z) - y``). Derivative from the output: ``f' = a``."""
+
+    name, kernel_id = "exp", 5
+    output = True
+    cuda_forward = "return gn_exp(z);"
+    cuda_derivative = "return a;"
+
+    def forward(self, xp, z, out=None):
+        return xp.exp(z, out=out)
+
+    def derivative_from_output(self, xp, a):
+        return a.copy()
+
+    def backward(self, xp, grad, a, out=None):
+        return xp.multiply(grad, a, out=out)
+
+
 class Softmax(Activation):
     """Row-wise ``exp(z_k) / sum_j exp(z_j)``, shifted by the row maximum so exp never overflows.
 
@@ -247,7 +266,7 @@ class Softmax(Activation):
 
 
 ACTIVATIONS: dict[str, type[Activation]] = {
-    cls.name: cls for cls in (Softmax, Sigmoid, Tanh, ReLU, LeakyReLU, Identity)}
+    cls.name: cls for cls in (Softmax, Sigmoid, Tanh, ReLU, LeakyReLU, Identity, Exp)}
 _ALIASES = {alias: cls.name for cls in ACTIVATIONS.values() for alias in cls.aliases}
 HIDDEN_ACTIVATIONS = tuple(name for name, cls in ACTIVATIONS.items() if cls.hidden)
 OUTPUT_ACTIVATIONS = tuple(name for name, cls in ACTIVATIONS.items() if cls.output)

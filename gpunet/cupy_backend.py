@@ -1,10 +1,10 @@
 """The GPU backend: the NumPy reference ops on CuPy arrays, with the fusable ones replaced by
 the CUDA kernels of ``kernels/*.cu`` (launched through ``gpunet.cuda``).
 
-``CupyBackend`` overrides only ``bias_act``, ``act_backward``, ``bias_grad``,
-``softmax_xent``, ``softmax``, ``mse_grad``, ``sumsq``, ``sgd_update``, ``adam_update`` and
-``rmsprop_update`` (plus the array
-plumbing and the GEMM precision switch). Anything a kernel does not cover (float16,
+``CupyBackend`` overrides only ``bias_act``, ``activate``, ``act_backward``, ``bias_grad``,
+``softmax_xent``, ``softmax``, ``sigmoid_bce``, ``poisson_exp``, ``mse_grad``, ``sumsq``,
+``sgd_update``, ``adam_update`` and ``rmsprop_update`` (plus the array plumbing and the GEMM
+precision switch). Anything a kernel does not cover (float16,
 non-contiguous views, softmax outputs under MSE, one-hot or soft targets, a custom
 activation) falls back to ``super()``, i.e. the reference math run by CuPy.
 
@@ -143,6 +143,14 @@ class CupyBackend(NumpyBackend):
             buffers[key] = buf
         return buf[:n]
 
+    def _constant_zeros(self, n, dtype):
+        """A cached device vector of n zeros (the bias of an activation applied alone)."""
+        key = ("zeros", n, np.dtype(dtype).str, cupy.cuda.runtime.getDevice())
+        arr = self._constants.get(key)
+        if arr is None:
+            arr = self._constants[key] = cupy.zeros(n, dtype=dtype)
+        return arr
+
     def _constant(self, value, dtype):
         """A cached 0-d device array holding ``value`` (made once, by a fill kernel: no copy)."""
         key = (value, np.dtype(dtype).str, cupy.cuda.runtime.getDevice())
@@ -221,6 +229,34 @@ class CupyBackend(NumpyBackend):
         # weighted examples: the kernel's per-row losses and gradient rows, scaled after it
         grad_out *= row_scale[:, None]
         return (row_loss @ row_scale.astype(np.float64) / rows).astype(logits.dtype)
+
+    def activate(self, z, act):
+        if not act.elementwise:
+            return self.softmax(z, out=z)
+        kind = kernel_id_of(act)
+        if kind is None or not _fusable(z) or z.ndim != 2:
+            return super().activate(z, act)
+        p0, p1 = act.kernel_params
+        return launch.bias_act(z, self._constant_zeros(z.shape[1], z.dtype), kind, p0, p1)
+
+    def _canonical_loss(self, name, logits, targets, grad_out, row_scale):
+        """The fused kernel when the arrays suit it, else None (the caller falls back)."""
+        if (not _fusable(logits, targets, grad_out) or logits.ndim != 2 or logits.size == 0
+                or targets.shape != logits.shape or grad_out.shape != logits.shape
+                or not _same_or_disjoint(logits, grad_out) or cupy.may_share_memory(targets, grad_out)
+                or (row_scale is not None and (not _fusable(row_scale, logits) or row_scale.ndim != 1))):
+            return None
+        block_sums = self._scratch("block_sums", layout.reduction_grid(logits.size))
+        loss = cupy.empty((), dtype=logits.dtype)
+        return launch.canonical_loss(name, logits, targets, row_scale, grad_out, block_sums, loss)
+
+    def sigmoid_bce(self, logits, targets, grad_out, row_scale=None):
+        loss = self._canonical_loss("sigmoid_bce", logits, targets, grad_out, row_scale)
+        return super().sigmoid_bce(logits, targets, grad_out, row_scale) if loss is None else loss
+
+    def poisson_exp(self, logits, targets, grad_out, row_scale=None):
+        loss = self._canonical_loss("poisson_exp", logits, targets, grad_out, row_scale)
+        return super().poisson_exp(logits, targets, grad_out, row_scale) if loss is None else loss
 
     def mse_grad(self, a, targets, act, grad_out, row_scale=None):
         kind = kernel_id_of(act)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["accuracy", "r2_score", "r2_from_sums", "total_sum_of_squares", "metric_name", "labels_of",
-           "batch_metric_sum", "metric_from_sums"]
+           "predicted_labels", "batch_metric_sum", "metric_from_sums"]
 
 
 def metric_name(is_classifier: bool) -> str:
@@ -18,14 +18,29 @@ def metric_name(is_classifier: bool) -> str:
     return "accuracy" if is_classifier else "r2"
 
 
-def labels_of(targets):
-    """Integer labels (N,) from labels or one-hot/probability rows (N, K), on any backend."""
+def labels_of(targets, rule="argmax"):
+    """The labels targets stand for, on any backend: for "argmax", int labels (N,) from labels
+    or one-hot/probability rows (N, K); for "threshold", 0/1 indicators (N, K) (y > 0.5)."""
+    if rule == "threshold":
+        return (targets > 0.5).astype(np.int64)
     return targets if targets.ndim == 1 else targets.argmax(axis=1)
 
 
+def predicted_labels(logits, rule="argmax"):
+    """A classifier's labels from the logits its loss takes: the argmax (N,), or 0/1
+    indicators (N, K) where the sigmoid passes 0.5 (the logit passes 0)."""
+    if rule == "threshold":
+        return (logits > 0).astype(np.int64)
+    return logits.argmax(axis=1)
+
+
 def accuracy(labels, predicted) -> float:
-    """Fraction of ``predicted`` labels equal to ``labels`` (both (N,), any backend)."""
-    return float((predicted == labels).mean())
+    """Fraction of rows whose ``predicted`` labels all equal ``labels`` (N,) or (N, K), any
+    backend: plain accuracy for one label per row, subset accuracy for indicator rows."""
+    hits = predicted == labels
+    if hits.ndim == 2:
+        hits = hits.all(axis=1)
+    return float(hits.mean())
 
 
 def r2_from_sums(ss_res, ss_tot) -> float:
@@ -53,13 +68,15 @@ def r2_score(targets, pred) -> float:
     return r2_from_sums(((targets - pred) ** 2).sum(axis=0), total_sum_of_squares(targets))
 
 
-def batch_metric_sum(outputs, targets, is_classifier: bool):
-    """The running metric of a batch as a device array (no host sync): the count of correct
-    predictions (classifier; ``outputs`` may be logits) or the per-output squared error."""
-    if is_classifier:
-        return (outputs.argmax(axis=1) == labels_of(targets)).sum()
-    diff = outputs - targets
-    return (diff * diff).sum(axis=0)
+def batch_metric_sum(outputs, targets, label_rule):
+    """The running metric of a batch as a device array (no host sync): the count of rows
+    predicted right by a classifier (``label_rule`` "argmax" or "threshold"; ``outputs`` the
+    logits its loss takes), or, with ``label_rule`` None, the per-output squared error."""
+    if label_rule is None:
+        diff = outputs - targets
+        return (diff * diff).sum(axis=0)
+    hits = predicted_labels(outputs, label_rule) == labels_of(targets, label_rule)
+    return (hits.all(axis=1) if hits.ndim == 2 else hits).sum()
 
 
 def metric_from_sums(metric_sum, n_examples: int, ss_tot) -> float:

@@ -30,11 +30,10 @@ from .backend import resolve_backend, to_numpy, use_backend
 from .concurrency import ExclusiveClaim, ParameterGuard
 from .init import INITIALIZERS, initialize_weight
 from .losses import get_loss, row_scale_from_weights
-from .metrics import accuracy, labels_of, r2_score
+from .metrics import accuracy, labels_of, predicted_labels, r2_score
 from .parameters import ParameterLayout
 from .train import fit
-from .validation import (check_features, check_float_dtype, check_int, check_labels, check_real, check_sample_weight,
-                         check_targets)
+from .validation import check_features, check_float_dtype, check_int, check_real, check_sample_weight
 from .workspace import Workspace
 
 __all__ = ["MLP"]
@@ -52,8 +51,11 @@ class MLP:
     activation : hidden activation, a name (``"sigmoid"``, ``"tanh"``, ``"relu"``,
         ``"leaky_relu"``, ``"identity"``), an ``Activation`` such as ``Sigmoid(c=2, beta=0.5)``
         or ``LeakyReLU(0.1)``, or a list with one per hidden layer.
-    output : ``"softmax"``, ``"sigmoid"``, ``"tanh"`` or ``"identity"`` (or an ``Activation``).
-    loss : ``"cross_entropy"`` (needs a softmax output; a classifier) or ``"mse"`` (a regressor).
+    output : ``"softmax"``, ``"sigmoid"``, ``"tanh"``, ``"identity"`` or ``"exp"`` (or an ``Activation``).
+    loss : ``"cross_entropy"`` (needs a softmax output; a classifier with one class per example),
+        ``"binary_cross_entropy"`` (needs a sigmoid output; K independent yes/no labels: binary or
+        multilabel classification), ``"poisson"`` (needs an ``"exp"`` output; counts or rates)
+        or ``"mse"`` (a regressor with any output).
     init : ``"glorot_uniform"``, ``"glorot_normal"``, ``"he_uniform"`` or ``"he_normal"``.
     weight_decay : lambda of the L2 regulariser (lambda/2) sum ||W_l||^2; biases are not decayed.
     dtype : ``"float32"`` or ``"float64"``.
@@ -83,9 +85,10 @@ class MLP:
         hidden = self._check_hidden(activation, n_hidden)
         out_act = get_activation(output, OUTPUT_ACTIVATIONS, "output activation")
         loss_fn = get_loss(loss)
-        if loss_fn.name == "cross_entropy" and out_act.name != "softmax":
-            raise ValueError(f"loss 'cross_entropy' needs output='softmax', got output={out_act.name!r}; "
-                             "use loss='mse' for other outputs")
+        if loss_fn.required_output is not None and out_act != get_activation(loss_fn.required_output):
+            raise ValueError(f"loss {loss_fn.name!r} needs output={loss_fn.required_output!r} (its canonical "
+                             f"link, with default parameters), got output={out_act!r}; use loss='mse' for "
+                             "other outputs")
         if not isinstance(init, str):
             raise TypeError(f"init must be a name, got {type(init).__name__}")
         if init not in INITIALIZERS:
@@ -222,11 +225,9 @@ class MLP:
         return check_features(X, self.sizes[0], name=name, dtype=self.dtype)
 
     def validate_targets(self, y, n_examples, name="y") -> np.ndarray:
-        """y checked as targets for ``n_examples`` examples: int64 labels (N,) or float64
-        one-hot rows (N, K) for a classifier, float64 (N, K) for a regressor (host)."""
-        if self.is_classifier:
-            return check_labels(y, n_examples, self.sizes[-1], name=name)
-        return check_targets(y, n_examples, self.sizes[-1], name=name, dtype=self.dtype)
+        """y checked as the loss's targets for ``n_examples`` examples (host): int64 labels (N,)
+        or float64 one-hot rows (N, K) under cross-entropy, float64 (N, K) otherwise."""
+        return self.loss_fn.validate_targets(y, n_examples, self.sizes[-1], name=name, dtype=self.dtype)
 
     def features(self, X, name="X"):
         """X validated and moved to the backend in the model's dtype (N, n_0)."""
@@ -335,19 +336,19 @@ class MLP:
 
     def evaluate_outputs(self, x, logits=False):
         """Outputs (N, n_L) for a validated backend array x, computed in chunks in this
-        thread's buffers: probabilities (the activated output), or the logits when
-        ``logits`` and the softmax is folded into the loss."""
+        thread's buffers: the activated output (probabilities, means), or with ``logits``
+        what the loss takes (the logits, where it folds the output activation in)."""
         be = self.backend
         n = x.shape[0]
         result = be.empty((n, self.sizes[-1]), self.dtype)
-        activate = not logits and not self.loss_fn.needs_output_activation
+        loss_fn, out_act = self.loss_fn, self.output_activation
         # overflowing rows come out non-finite, which the callers report (no NumPy warnings)
         with self._guard.reading(), np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, n, _INFERENCE_CHUNK):
                 chunk = x[start:start + _INFERENCE_CHUNK]
                 out = self.forward_into(chunk, self._thread_workspace(chunk.shape[0]))
-                if activate:
-                    be.softmax(out, out=out)
+                if not logits:
+                    loss_fn.activate(be, out, out_act)
                 result[start:start + chunk.shape[0]] = out
         return result
 
@@ -402,21 +403,25 @@ class MLP:
         return float(loss), self.layout.interleaved(grads)
 
     def predict_proba(self, X):
-        """Class probabilities (N, n_L) as a NumPy array; classifiers only."""
+        """Class probabilities (N, n_L) as a NumPy array; classifiers only (under binary
+        cross-entropy each column is one yes/no probability)."""
         if not self.is_classifier:
-            raise TypeError("predict_proba is for classifiers (loss='cross_entropy'); use predict()")
+            raise TypeError("predict_proba is for classifiers (loss='cross_entropy' or 'binary_cross_entropy'); "
+                            "use predict()")
         x = self.features(X)
         return self._finite_rows(x, to_numpy(self.evaluate_outputs(x)))
 
     def predict(self, X):
-        """Class labels (N,) for classifiers, outputs (N, n_L) for regressors; NumPy arrays."""
+        """NumPy arrays: class labels (N,) under cross-entropy; 0/1 indicators (N, n_L) under
+        binary cross-entropy ((N,) with one output); outputs (N, n_L) for regressors."""
         return self._predict_validated(self.features(X))
 
     def _predict_validated(self, x):
         if self.is_classifier:
             logits = self.evaluate_outputs(x, logits=True)
             self._finite_rows(x, logits)
-            return to_numpy(logits.argmax(axis=1))
+            labels = to_numpy(predicted_labels(logits, self.loss_fn.label_rule))
+            return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
         return self._finite_rows(x, to_numpy(self.evaluate_outputs(x)))
 
     def _finite_rows(self, x, outputs):
@@ -438,7 +443,8 @@ class MLP:
         targets = self.validate_targets(y, x.shape[0])
         pred = self._predict_validated(x)
         if self.is_classifier:
-            return accuracy(labels_of(targets), pred)
+            truth = labels_of(targets, self.loss_fn.label_rule)
+            return accuracy(truth, pred.reshape(truth.shape))
         return r2_score(targets, pred)
 
     fit = fit     # gpunet.train.fit(net, X, y, ...) as a method: one signature, one docstring

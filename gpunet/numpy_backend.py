@@ -94,6 +94,11 @@ class NumpyBackend:
         """Fusable: ``grad <- grad * f'(z)`` in place, with ``f'`` read from the output a (N, n)."""
         return act.backward(self.xp, grad, a, out=grad)
 
+    def activate(self, z, act):
+        """``z <- f(z)`` in place, f any activation (softmax row-wise): inference of a model
+        whose loss folds its output activation in."""
+        return act.forward(self.xp, z, out=z)
+
     def bias_grad(self, delta, out=None):
         """Fusable: column sums of delta (N, n) -> (n,), the bias gradient."""
         return delta.sum(axis=0, out=out)
@@ -142,6 +147,38 @@ class NumpyBackend:
         loss = _scaled_rows(row_loss, row_scale).sum() / n
         grad = xp.exp(logp, out=grad_out)
         grad -= targets
+        grad /= n
+        _scale_rows(grad, row_scale)
+        return loss
+
+    # Binary cross-entropy and the Poisson deviance pair a loss with its canonical link (sigmoid,
+    # exp): both write ``(f(z) - y) / N`` into grad_out (which may alias the logits) and return
+    # the mean over N of each row's sum over outputs, as a 0-d array (no host sync).
+    def sigmoid_bce(self, logits, targets, grad_out, row_scale=None):
+        """Fusable: sigmoid output + binary cross-entropy + gradient from the logits z (N, K),
+        targets y (N, K) in [0, 1]: per element ``-[y log s(z) + (1 - y) log(1 - s(z))] =
+        softplus(z) - y z``, stable for any z; gradient ``(s(z) - y) / N``."""
+        xp = self.xp
+        n = logits.shape[0]
+        terms = xp.logaddexp(0.0, logits) - targets * logits    # softplus(z) - y z
+        loss = _scaled_rows(terms.sum(axis=1), row_scale).sum() / n
+        probs = xp.exp(-xp.logaddexp(0.0, -logits))               # s(z) = 1 / (1 + e^-z), no overflow
+        grad = xp.subtract(probs, targets, out=grad_out)
+        grad /= n
+        _scale_rows(grad, row_scale)
+        return loss
+
+    def poisson_exp(self, logits, targets, grad_out, row_scale=None):
+        """Fusable: exp output + half the Poisson deviance + gradient from the logits z (N, K)
+        (the log of the mean), targets y (N, K) >= 0: per element ``exp(z) - y z + y log y - y``
+        (0 log 0 = 0; zero where exp(z) = y); gradient ``(exp(z) - y) / N``."""
+        xp = self.xp
+        n = logits.shape[0]
+        mean = xp.exp(logits)
+        y_log_y = targets * xp.log(xp.where(targets > 0, targets, 1.0))
+        terms = mean - targets * logits + y_log_y - targets
+        loss = _scaled_rows(terms.sum(axis=1), row_scale).sum() / n
+        grad = xp.subtract(mean, targets, out=grad_out)
         grad /= n
         _scale_rows(grad, row_scale)
         return loss

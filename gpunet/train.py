@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from .losses import row_scale_from_weights
-from .metrics import (accuracy, batch_metric_sum, labels_of, metric_from_sums, metric_name, r2_score,
-                      total_sum_of_squares)
+from .metrics import (accuracy, batch_metric_sum, labels_of, metric_from_sums, metric_name, predicted_labels,
+                      r2_score, total_sum_of_squares)
 from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
 from .validation import check_bool, check_int, check_real, check_sample_weight
@@ -259,8 +259,16 @@ class TrainingStep:
                 self.optimizer.step(be, net.flat_params, ws.flat_grads, weight_decay=net.weight_decay,
                                     n_decay=self._n_decay, scale=scale, skip=self.bad, **extra)
             self.loss_sum += loss * (x.shape[0] if batch_weight is None else batch_weight)
-            self.metric_sum += batch_metric_sum(ws.output, targets, net.is_classifier)
+            self.metric_sum += batch_metric_sum(self._metric_outputs(ws.output), targets, net.loss_fn.label_rule)
         return loss
+
+    def _metric_outputs(self, out):
+        """What the running metric reads: the logits for a classifier; a regressor's outputs,
+        activated where its loss folds the activation in (the Poisson mean exp(z))."""
+        net = self.net
+        if net.is_classifier or net.loss_fn.needs_output_activation:
+            return out
+        return net.loss_fn.activate(net.backend, out.copy(), net.output_activation)
 
     def end_epoch(self):
         """(loss sum, metric sum) of the epoch on the host: one read of the device. Raises
@@ -327,9 +335,10 @@ def evaluate(net, x, targets):
     """(loss without the L2 term, metric) on backend arrays (x, targets)."""
     with np.errstate(over="ignore", invalid="ignore"):
         loss = float(net.evaluate_loss(x, targets, include_decay=False))
-        out = net.evaluate_outputs(x, logits=True)
+        out = net.evaluate_outputs(x, logits=net.is_classifier)
     if net.is_classifier:
-        return loss, accuracy(labels_of(targets), out.argmax(axis=1))
+        rule = net.loss_fn.label_rule
+        return loss, accuracy(labels_of(targets, rule), predicted_labels(out, rule))
     be = net.backend
     return loss, r2_score(be.to_numpy(targets), be.to_numpy(out))
 

@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 __all__ = ["check_real", "check_int", "check_bool", "check_float_dtype", "as_host_array",
-           "check_features", "check_labels", "check_targets", "check_sample_weight"]
+           "check_features", "check_labels", "check_targets", "check_binary_targets", "check_sample_weight"]
 
 
 def check_real(name, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
@@ -137,6 +137,25 @@ def check_targets(y, n_examples: int, n_outputs: int, name="y", dtype=None) -> n
     if arr.shape[1] != n_outputs:
         raise ValueError(f"{name} has {arr.shape[1]} columns but the network has {n_outputs} outputs")
     _check_finite(name, arr, dtype)
+    return arr.astype(np.float64)
+
+
+def check_binary_targets(y, n_examples: int, n_outputs: int, name="y") -> np.ndarray:
+    """Targets of independent binary outputs (binary or multilabel classification): (N, n_outputs)
+    indicators or probabilities in [0, 1], or (N,) when n_outputs == 1. Returns float64 (N, n_outputs)."""
+    arr = as_host_array(name, y)
+    if arr.ndim == 1 and n_outputs == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 0/1 indicators of shape (N, {n_outputs}), got shape {arr.shape}")
+    if arr.shape[0] != n_examples:
+        raise ValueError(f"X has {n_examples} examples but {name} has {arr.shape[0]}")
+    if arr.shape[1] != n_outputs:
+        raise ValueError(f"{name} has {arr.shape[1]} columns but the network has {n_outputs} outputs")
+    _check_finite(name, arr)
+    if arr.size and (arr.min() < 0 or arr.max() > 1):
+        raise ValueError(f"{name} must hold 0/1 indicators or probabilities in [0, 1], "
+                         f"got values in [{arr.min():g}, {arr.max():g}]")
     return arr.astype(np.float64)
 
 

@@ -11,6 +11,8 @@ __device__ __forceinline__ float gn_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double gn_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float gn_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double gn_abs(double x) { return fabs(x); }
+__device__ __forceinline__ float gn_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double gn_log1p(double x) { return log1p(x); }
 
 // -inf and NaN from their bit patterns: NVRTC has no math.h to define macros for them.
 template <typename T> __device__ __forceinline__ T gn_neg_inf();

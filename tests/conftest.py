@@ -20,6 +20,7 @@ ELEMENTWISE_ACTIVATIONS = {
     "relu": gn.ReLU(),
     "leaky_relu": gn.LeakyReLU(),
     "leaky_relu_0.3": gn.LeakyReLU(0.3),
+    "exp": gn.Exp(),
 }
 
 

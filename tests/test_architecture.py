@@ -19,12 +19,13 @@ KERNELS = PACKAGE.parent / "kernels"
 
 # bottom first; a module may import from its own layer (without a cycle) and the layers below
 LAYERS = [
-    ("math, formats and plumbing", {"gpunet.softmax", "gpunet.activations", "gpunet.losses", "gpunet.init",
+    ("math, formats and plumbing", {"gpunet.softmax", "gpunet.activations", "gpunet.init",
                                     "gpunet.parameters", "gpunet.workspace", "gpunet.concurrency",
                                     "gpunet.metrics", "gpunet.io", "gpunet.cuda", "gpunet.cuda.layout",
                                     "gpunet.cuda.sources", "gpunet.cuda.launch"}),
     ("backends", {"gpunet.numpy_backend", "gpunet.cupy_backend", "gpunet.backend"}),
-    ("checks and training parts", {"gpunet.validation", "gpunet.optim", "gpunet.schedules", "gpunet.data"}),
+    ("checks and training parts", {"gpunet.validation", "gpunet.losses", "gpunet.optim", "gpunet.schedules",
+                                   "gpunet.data"}),
     ("the fit loop", {"gpunet.train"}),
     ("the model", {"gpunet.mlp", "gpunet.gradcheck"}),
     ("front ends", {"gpunet", "gpunet.sklearn", "gpunet.diagnostics", "gpunet.recipes", "gpunet.cli",

@@ -40,6 +40,8 @@ def ref_forward(act, z):
         return np.where(z >= 0, z, act.slope * z)
     if isinstance(act, gn.Identity):
         return z.copy()
+    if isinstance(act, gn.Exp):
+        return np.exp(z)
     if isinstance(act, gn.Softmax):
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -58,6 +60,8 @@ def ref_derivative_from_output(act, a):
         return np.where(a > 0, 1.0, act.slope)
     if isinstance(act, gn.Identity):
         return np.ones_like(a)
+    if isinstance(act, gn.Exp):
+        return a.copy()
     raise AssertionError(act)
 
 

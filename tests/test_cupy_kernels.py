@@ -458,6 +458,90 @@ def test_mse_grad_is_deterministic(gpu, dtype, rng):
     assert_bitwise(g1, g2)
 
 
+# ---- losses with their canonical link: sigmoid + BCE, exp + Poisson --------------------------
+def canonical_targets(name, rng, shape, dtype):
+    if name == "sigmoid_bce":   # indicators and soft probabilities
+        y = np.where(rng.random(shape) < 0.5, rng.integers(0, 2, size=shape), rng.random(shape))
+    else:                       # counts, zeros included
+        y = rng.poisson(2.0, size=shape).astype(np.float64)
+    return y.astype(dtype)
+
+
+def canonical_truth(name, z, y, row_scale):
+    """Loss and gradient in float64 from the definitions (not from the NumPy twin)."""
+    z, y = z.astype(np.float64), y.astype(np.float64)
+    n = z.shape[0]
+    r = np.ones(n) if row_scale is None else row_scale.astype(np.float64)
+    if name == "sigmoid_bce":
+        terms, link = np.logaddexp(0.0, z) - y * z, 0.5 * (1.0 + np.tanh(0.5 * z))
+    else:
+        link = np.exp(z)
+        terms = link - y * z + y * np.log(np.where(y > 0, y, 1.0)) - y
+    return (terms.sum(axis=1) * r).sum() / n, (link - y) / n * r[:, None]
+
+
+@pytest.mark.parametrize("name", ["sigmoid_bce", "poisson_exp"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (7, 1000), (2, 32768), (-(-WRAP_1D // 3), 3)])
+@pytest.mark.parametrize("alias", [False, True], ids=["separate", "grad_is_logits"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "row_scale"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_canonical_losses_match_their_twins(gpu, ref, name, shape, alias, weighted, dtype, rng):
+    if shape[0] * shape[1] >= WRAP_1D and (alias or weighted):
+        pytest.skip("the grid-wrapping size is run once per loss and dtype")
+    z_host = draw(rng, shape, dtype, scale=3.0 if name == "sigmoid_bce" else 1.0)
+    y_host = canonical_targets(name, rng, shape, dtype)
+    scale_host = (rng.random(shape[0]) * 2).astype(dtype) if weighted else None
+    twin = getattr(ref, name)
+    want_grad = np.empty_like(z_host)
+    want_loss = float(twin(z_host.copy(), y_host, want_grad, scale_host))
+    z = cupy.asarray(z_host)
+    grad = z if alias else cupy.empty(shape, dtype=dtype)
+    loss = getattr(gpu, name)(z, cupy.asarray(y_host), grad, None if scale_host is None else cupy.asarray(scale_host))
+    assert isinstance(loss, cupy.ndarray) and loss.shape == () and loss.dtype == dtype
+    true_loss, true_grad = canonical_truth(name, z_host, y_host, scale_host)
+    # the kernel sums in double: near the float64 truth; the float32 twin sums in float32
+    assert_near(loss, true_loss, dtype, ulps=16 if dtype == np.float32 else 512, scale=0.0)
+    assert_near(loss, want_loss, dtype, ulps=64 if dtype == np.float32 else 4096, scale=0.0)
+    assert_near(grad, true_grad, dtype, ulps=16)
+    assert_near(grad, want_grad, dtype, ulps=16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_canonical_losses_at_extreme_logits(gpu, ref, dtype, rng):
+    """Saturated sigmoids stay finite (BCE's exp only sees -|z|); a Poisson rate that overflows
+    is the inf the twin computes too (and fit flags it as divergence)."""
+    big = 80.0 if dtype == np.float32 else 700.0
+    z_host = np.array([[big, -big, 0.0], [-big, big, 1e-3]], dtype=dtype)
+    y_host = np.array([[1.0, 0.0, 0.5], [1.0, 0.0, 1.0]], dtype=dtype)
+    want_grad = np.empty_like(z_host)
+    want_loss = float(ref.sigmoid_bce(z_host.copy(), y_host, want_grad))
+    grad = cupy.empty_like(cupy.asarray(z_host))
+    loss = gpu.sigmoid_bce(cupy.asarray(z_host), cupy.asarray(y_host), grad)
+    assert np.isfinite(float(host(loss))) and np.isfinite(host(grad)).all()
+    assert_near(loss, want_loss, dtype, ulps=16, scale=0.0)
+    assert_near(grad, want_grad, dtype, ulps=16)
+    counts = np.array([[0.0, 3.0]], dtype=dtype)
+    wide = np.array([[big * 2, 1.0]], dtype=dtype)
+    grad = cupy.empty((1, 2), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = float(ref.poisson_exp(wide.copy(), counts, np.empty_like(wide)))
+    loss = gpu.poisson_exp(cupy.asarray(wide), cupy.asarray(counts), grad)
+    assert np.isinf(want) and np.isinf(float(host(loss)))
+
+
+@pytest.mark.parametrize("act_name", list(ACTS) + ["softmax"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activate_applies_an_output_activation_alone(gpu, ref, act_name, dtype, rng):
+    """Inference under a loss that folds its activation in: f applied in place to the logits."""
+    act = gn.Softmax() if act_name == "softmax" else ACTS[act_name]
+    z_host = draw(rng, (37, 129), dtype)
+    want = ref.activate(z_host.copy(), act)
+    z = cupy.asarray(z_host)
+    got = gpu.activate(z, act)
+    assert got is z
+    assert_near(z, want, dtype, ulps=16)
+
+
 # ---- the SGD update ----------------------------------------------------------------------------
 SGD_CASES = [
     dict(momentum=0.0, nesterov=False, weight_decay=0.0),

@@ -40,9 +40,13 @@ def flat(net):
     return gn.to_numpy(net.flat_params).copy()
 
 
-def problem(rng, n, sizes, classify=True):
+def problem(rng, n, sizes, classify=True, loss=None):
     X = rng.normal(size=(n, sizes[0]))
-    if classify:
+    if loss == "binary_cross_entropy":
+        y = rng.integers(0, 2, size=(n, sizes[-1])).astype(float)
+    elif loss == "poisson":
+        y = rng.poisson(1.5, size=(n, sizes[-1])).astype(float)
+    elif classify:
         y = rng.integers(0, sizes[-1], size=n)
     else:
         y = rng.normal(size=(n, sizes[-1]))
@@ -56,7 +60,14 @@ ARCHS = {
     "leaky_identity_mse": dict(activation=gn.LeakyReLU(0.1), output="identity", loss="mse"),
     "sigmoid_sigmoid_mse": dict(activation=gn.Sigmoid(c=1.5, beta=0.7), output="sigmoid", loss="mse"),
     "relu_tanh_mse_decay": dict(activation="relu", output="tanh", loss="mse", weight_decay=1e-2),
+    "tanh_sigmoid_bce": dict(activation="tanh", output="sigmoid", loss="binary_cross_entropy"),
+    "relu_exp_poisson": dict(activation="relu", output="exp", loss="poisson"),
+    "tanh_exp_mse": dict(activation="tanh", output="exp", loss="mse"),
 }
+
+
+def arch_problem(rng, n, sizes, cfg):
+    return problem(rng, n, sizes, classify=cfg["loss"] == "cross_entropy", loss=cfg["loss"])
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -65,7 +76,7 @@ def test_loss_and_grad_match_numpy(arch, dtype):
     sizes = [20, 64, 33, 7]
     cfg = ARCHS[arch]
     rng = np.random.default_rng(1)
-    X, y = problem(rng, 257, sizes, classify=cfg["loss"] == "cross_entropy")
+    X, y = arch_problem(rng, 257, sizes, cfg)
     cpu, gpu = make_net("numpy", sizes, dtype, **cfg), make_net("cupy", sizes, dtype, **cfg)
     assert gpu.backend.name == "cupy"
     np.testing.assert_array_equal(flat(cpu), flat(gpu))       # same seeded initialisation
@@ -87,12 +98,12 @@ def test_training_steps_match_numpy(arch, dtype):
     sizes = [20, 64, 33, 7]
     cfg = ARCHS[arch]
     rng = np.random.default_rng(2)
-    X, y = problem(rng, 96, sizes, classify=cfg["loss"] == "cross_entropy")
+    X, y = arch_problem(rng, 96, sizes, cfg)
     nets = [make_net(b, sizes, dtype, **cfg) for b in ("numpy", "cupy")]
     histories = [net.fit(X, y, epochs=2, batch_size=32, lr=0.05, momentum=0.9, nesterov=True, clip_norm=1.0,
                          progress=False) for net in nets]
     np.testing.assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=10 * STEP_TOL[dtype]["rtol"])
-    metric = "accuracy" if cfg["loss"] == "cross_entropy" else "r2"
+    metric = "accuracy" if cfg["loss"] in ("cross_entropy", "binary_cross_entropy") else "r2"
     # an argmax may flip on a near tie of float32 logits: allow one example in 96
     np.testing.assert_allclose(histories[1][metric], histories[0][metric], atol=1.5 / 96)
     p_cpu, p_gpu = flat(nets[0]), flat(nets[1])

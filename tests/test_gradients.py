@@ -36,6 +36,10 @@ HEADS = {
     "sigmoid_mse": ("sigmoid", "mse", "real"),
     "tanh_mse": ("tanh", "mse", "real"),
     "identity_mse": ("identity", "mse", "real"),
+    "exp_mse": ("exp", "mse", "real"),
+    "sigmoid_bce_binary": ("sigmoid", "binary_cross_entropy", "binary"),
+    "sigmoid_bce_soft": ("sigmoid", "binary_cross_entropy", "probs"),
+    "exp_poisson": ("exp", "poisson", "counts"),
 }
 
 
@@ -46,6 +50,12 @@ def make_targets(kind, rng, n, k):
         return np.eye(k)[rng.integers(0, k, size=n)]
     if kind == "soft":
         return rng.dirichlet(np.ones(k), size=n)
+    if kind == "binary":
+        return rng.integers(0, 2, size=(n, k)).astype(np.float64)
+    if kind == "probs":
+        return rng.uniform(size=(n, k))
+    if kind == "counts":
+        return rng.poisson(2.0, size=(n, k)).astype(np.float64)
     return rng.normal(size=(n, k))
 
 
@@ -170,6 +180,8 @@ def _reference_activation(spec, z):
         return np.where(z.real > 0, z, act.slope * z)
     if name == "identity":
         return z
+    if name == "exp":
+        return np.exp(z)
     if name == "softmax":
         e = np.exp(z - z.real.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -199,6 +211,15 @@ def reference_loss(theta, net, X, y):
             logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
             target = np.eye(sizes[-1])[y] if y.ndim == 1 else y
             loss = -(target * logp).sum() / n
+            break
+        if layer == len(weights) - 1 and net.loss_fn.name == "binary_cross_entropy":
+            target = y.reshape(n, -1)    # -[y log s(z) + (1 - y) log(1 - s(z))] = log(1 + e^z) - y z
+            loss = (np.log(1.0 + np.exp(z)) - target * z).sum() / n
+            break
+        if layer == len(weights) - 1 and net.loss_fn.name == "poisson":
+            target = y.reshape(n, -1)    # half the deviance: e^z - y z + y log y - y
+            y_log_y = target * np.log(np.where(target > 0, target, 1.0))
+            loss = (np.exp(z) - target * z + y_log_y - target).sum() / n
             break
         h = _reference_activation(act, z)
     else:
@@ -338,9 +359,16 @@ def test_gradient_matches_torch_autograd(head_name, rng):
         if head[1] == "cross_entropy":
             target = torch.tensor(y) if y.ndim == 1 else torch.tensor(y)
             loss = torch.nn.functional.cross_entropy(h, target)
+        elif head[1] == "binary_cross_entropy":
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(h, torch.tensor(y), reduction="sum") / n
+        elif head[1] == "poisson":
+            target = torch.tensor(y)
+            # PyTorch's Poisson NLL without the constant y log y - y of the half deviance
+            loss = torch.nn.functional.poisson_nll_loss(h, target, log_input=True, full=False, reduction="sum") / n
+            loss = loss + float((np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)), 0.0) - y).sum()) / n
         else:
             out = {"softmax": lambda t: torch.softmax(t, dim=1), "sigmoid": torch.sigmoid,
-                   "tanh": torch.tanh, "identity": lambda t: t}[head[0]](h)
+                   "tanh": torch.tanh, "identity": lambda t: t, "exp": torch.exp}[head[0]](h)
             loss = ((out - torch.tensor(y)) ** 2).sum() / (2 * n)
         loss = loss + 0.5 * wd * sum((p ** 2).sum() for p in params[0::2])
         loss.backward()

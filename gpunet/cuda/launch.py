@@ -16,7 +16,7 @@ from ..activations import KERNEL_ACTIVATIONS
 from . import layout, sources
 from .layout import BLOCK, RowLayout, grid_1d, reduction_grid
 
-__all__ = ["bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "column_sums", "sumsq",
+__all__ = ["bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "canonical_loss", "column_sums", "sumsq",
            "sgd_update", "adam_update", "rmsprop_update"]
 
 
@@ -168,6 +168,40 @@ def mse_grad(a, targets, kind: int, p0: float, p1: float, grad, block_sums, loss
     fn((grid,), (BLOCK,), (a, targets, np.int64(rows), np.int64(cols), np.int32(kind),
                            _scalar(a.dtype, p0), _scalar(a.dtype, p1), grad, block_sums))
     return _sum_to_scalar(block_sums, grid, 2.0 * rows, loss_out)
+
+
+CANONICAL_LOSSES = ("sigmoid_bce", "poisson_exp")
+
+
+def canonical_loss(name, logits, targets, row_scale, grad, block_sums, loss_out):
+    """A loss with its canonical link, fused with its gradient (kernels/canonical_losses.cu):
+    ``name`` "sigmoid_bce" or "poisson_exp". logits, targets, grad (N, K) of one float dtype
+    (grad may be logits); row_scale (N,) of that dtype or None; block_sums float64 scratch with
+    ``reduction_grid(N*K)`` entries; loss_out 0-d receives the mean over N of the row sums.
+    grad receives ``(f(z) - y) / N`` (times row_scale). Two launches."""
+    if name not in CANONICAL_LOSSES:
+        raise ValueError(f"no canonical-loss kernel {name!r}; choose from {', '.join(CANONICAL_LOSSES)}")
+    _check("logits", logits, ndim=2)
+    _check("targets", targets, dtype=logits.dtype, ndim=2)
+    _check("grad", grad, dtype=logits.dtype, ndim=2)
+    _check("block_sums", block_sums, dtype=np.float64, ndim=1)
+    _check("loss_out", loss_out, dtype=logits.dtype, ndim=0)
+    if targets.shape != logits.shape or grad.shape != logits.shape:
+        raise ValueError(f"shapes disagree: logits {logits.shape}, targets {targets.shape}, grad {grad.shape}")
+    rows, cols = logits.shape
+    if logits.size == 0:
+        raise ValueError(f"{name} needs at least one element")
+    if row_scale is not None:
+        _check("row_scale", row_scale, dtype=logits.dtype, ndim=1)
+        if row_scale.shape[0] != rows:
+            raise ValueError(f"row_scale has {row_scale.shape[0]} entries for {rows} rows")
+    grid = reduction_grid(logits.size)
+    if block_sums.shape[0] < grid:
+        raise ValueError(f"block_sums needs {grid} entries, has {block_sums.shape[0]}")
+    fn = sources.get_kernel("canonical_losses", f"{name}_{_suffix(logits.dtype)}")
+    fn((grid,), (BLOCK,), (logits, targets, grad if row_scale is None else row_scale, np.int32(row_scale is not None),
+                           np.int64(rows), np.int64(cols), grad, block_sums))
+    return _sum_to_scalar(block_sums, grid, float(rows), loss_out)
 
 
 def column_sums(x, out, partial=None):
