@@ -1,143 +1,284 @@
 """scikit-learn estimators around ``gpunet.MLP``: ``MLPClassifier`` and ``MLPRegressor``.
 
-They follow scikit-learn's conventions (hyper-parameters in the constructor and untouched by
-it, ``fit`` returns self, fitted attributes end in ``_``, input validated by
-``sklearn.utils.validation.validate_data``), so they work in ``Pipeline``, ``GridSearchCV``
-and ``cross_val_score`` and pass ``sklearn.utils.estimator_checks.check_estimator``.
-Parameter names mirror ``sklearn.neural_network.MLPClassifier`` where the meaning is the
-same, so swapping one for the other is a one-line change.
+A drop-in for ``sklearn.neural_network``: the same parameters, fitted attributes and
+semantics as scikit-learn 1.9's estimators (scikit-learn's own ``test_mlp.py`` runs against
+them, ``tests/test_sklearn_suite.py``), with the network computed by gpunet, on NumPy or on
+a GPU through CuPy (``backend="cupy"``). They pass ``check_estimator`` and work in
+``Pipeline``, ``GridSearchCV`` and ``cross_val_score``.
 
-Needs scikit-learn (``pip install 'gpunet[data]'``); ``import gpunet`` never imports it.
+What follows scikit-learn: solvers "sgd", "adam" and "lbfgs" (SciPy's L-BFGS-B over the flat
+parameter buffer; on a GPU only that vector crosses per iteration), ``learning_rate``
+constant / invscaling / adaptive with ``power_t``, ``tol`` and ``n_iter_no_change`` (``np.inf``
+too), early stopping on a held-out split that keeps the best epoch's weights, ``n_iter_`` per
+fit, ``t_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``, ``ConvergenceWarning``,
+``verbose`` lines on stdout; binary classification with one logistic unit, multilabel (2-D
+indicator y) with logistic units, multiclass with a softmax; ``loss="poisson"`` for the
+regressor (an exp output); sparse X (CSR/CSC, densified one minibatch at a time); float32 X
+training float32 parameters; settable ``coefs_``/``intercepts_``; the initialisation
+(uniform, Glorot's bound, factor 2 for the logistic) drawn from ``random_state``.
+
+Deliberate differences: the optimizers are gpunet's (PyTorch's formulation; the same as
+scikit-learn's up to where Adam adds epsilon and how momentum scales when the learning rate
+changes); ``loss_`` and ``loss_curve_`` add the L2 penalty at each epoch's last weights rather
+than at every minibatch's; the shuffles and splits draw from ``random_state`` in another
+order, so results are not scikit-learn's bit for bit. gpunet adds the solvers "adamw" and
+"rmsprop", ``lr_schedule``, ``weight_decay`` (AdamW's), ``clip_norm``, ``dtype`` and
+``backend``.
+
+Needs scikit-learn (``pip install 'gpunet[data]'``), which brings SciPy; ``import gpunet``
+never imports either.
 """
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.preprocessing import LabelEncoder
+import scipy.optimize
+import scipy.sparse
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import type_of_target, unique_labels
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from .activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
 from .backend import to_numpy
 from .mlp import MLP
-from .optim import make_optimizer
-from .schedules import CosineDecay, EarlyStopping, LinearWarmup, Schedule
-from .validation import check_real, check_sample_weight
+from .losses import row_scale_from_weights
+from .optim import SGD, Adam, AdamW, RMSprop
+from .schedules import CosineDecay, LinearWarmup, Schedule
+from .train import TrainingDiverged, TrainingStep, batches
+from .validation import check_float_dtype, check_real, check_sample_weight
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 # gpunet's hidden activations, and their aliases (scikit-learn's "logistic" is the sigmoid)
 _ACTIVATIONS = {**{name: name for name in HIDDEN_ACTIVATIONS},
                 **{alias: name for name in HIDDEN_ACTIVATIONS for alias in ACTIVATIONS[name].aliases}}
-_SOLVERS = ("adam", "adamw", "sgd", "rmsprop")
-_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+_STOCHASTIC = ("sgd", "adam", "adamw", "rmsprop")
+_SOLVERS = (*_STOCHASTIC, "lbfgs")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+_SCHEDULES = ("cosine", "warmup_cosine")
+# scikit-learn's name of an output activation -> gpunet's output and the loss with that link
+_OUTPUTS = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "binary_cross_entropy"),
+            "identity": ("identity", "mse"), "exp": ("exp", "poisson")}
+_CHUNK = 4096          # rows densified or evaluated at a time outside minibatches
+_DIVERGED = ("Solver produced non-finite parameter weights. The input data may contain large values and "
+             "need to be preprocessed.")
 
 _PARAMETERS_DOC = """
     Parameters
     ----------
     hidden_layer_sizes : int or tuple of ints, default (100,)
-        Widths of the hidden layers; ``()`` gives a linear model (softmax regression).
+        Widths of the hidden layers; ``()`` gives a linear model.
     activation : {"relu", "tanh", "logistic", "identity", "leaky_relu"}, default "relu"
         Hidden activation ("sigmoid" is accepted for "logistic").
-    solver : {"adam", "adamw", "sgd", "rmsprop"}, default "adam"
-        The optimizer (``gpunet.optim``).
+    solver : {"adam", "sgd", "lbfgs", "adamw", "rmsprop"}, default "adam"
+        The optimizer: gpunet's Adam, SGD, AdamW or RMSprop over minibatches, or SciPy's
+        L-BFGS-B over the whole data (``max_iter`` iterations, ``max_fun`` loss evaluations,
+        ``tol`` on the projected gradient).
     alpha : float, default 1e-4
         L2 penalty, scaled as scikit-learn does: ``(alpha / (2 * batch)) * sum ||W||^2`` added
-        to the mean loss of a batch (gpunet's ``weight_decay = alpha / batch``; with sample
-        weights, ``batch`` times their mean). Biases are not penalised.
+        to the mean loss of a batch. Biases are not penalised.
     batch_size : int or "auto", default "auto"
-        Minibatch size; "auto" is ``min(200, n_samples)``.
-    learning_rate_init : float, default 1e-3
-        The optimizer's learning rate.
-    lr_schedule : {"constant", "cosine", "warmup_cosine"} or a ``gpunet.schedules.Schedule``,
-        default "constant". "cosine" decays to 0 over ``max_iter`` epochs, "warmup_cosine"
-        warms up over the first 5% of them first.
+        Minibatch size; "auto" is ``min(200, n_samples)``; larger values are clipped (with a warning).
+    learning_rate : {"constant", "invscaling", "adaptive"}, default "constant"
+        The SGD solver's schedule: invscaling sets ``learning_rate_init / (t + 1) ** power_t``
+        after each epoch (t: samples seen); adaptive divides the rate by 5 whenever the loss or
+        validation score stalls for ``n_iter_no_change`` epochs, and stops below 1e-6.
+    learning_rate_init, power_t : default 1e-3, 0.5
     max_iter : int, default 200
-        Maximum number of epochs.
+        Epochs of the stochastic solvers; iterations of L-BFGS.
+    max_fun : int, default 15000
+        Loss and gradient evaluations of L-BFGS at most.
+    loss : {"squared_error", "poisson"}, default "squared_error" (regressor only)
+        "poisson" fits counts with an exp output (half the Poisson deviance).
     shuffle : bool, default True
-        Re-draw minibatches every epoch.
     random_state : int, RandomState or None
         Seeds initialisation, shuffling and the validation split.
     tol, n_iter_no_change : default 1e-4, 10
-        Stop when the training loss (or, with ``early_stopping``, the validation score) has
-        not improved by ``tol`` for ``n_iter_no_change`` epochs in a row.
+        Stop (or, adaptive, cut the rate) when the training loss has not fallen by ``tol``, or
+        with ``early_stopping`` the validation score not risen by ``tol``, for
+        ``n_iter_no_change`` epochs in a row (``np.inf``: never).
     momentum, nesterovs_momentum : default 0.9, True
         SGD momentum (momentum also applies to "rmsprop").
     beta_1, beta_2, epsilon : default 0.9, 0.999, 1e-8
         Adam's moment decay rates and epsilon (epsilon also for RMSprop).
-    weight_decay : float, default 0.01
-        AdamW's decoupled weight decay (``solver="adamw"`` only).
-    clip_norm : float or None
-        Rescale a batch gradient whose global L2 norm exceeds it.
     early_stopping : bool, default False
-        Hold out ``validation_fraction`` of the training data (stratified for classifiers),
-        stop when its score stalls and keep the parameters of the best epoch.
+        Hold out ``validation_fraction`` of the training data (stratified for binary
+        classification, as scikit-learn does), score it after every epoch and keep the
+        weights of the best epoch.
     validation_fraction : float, default 0.1
-    dtype : {"float64", "float32"}, default "float64"
-        Arithmetic precision (float32 is the fast choice on a GPU).
-    backend : {None, "auto", "numpy", "cupy"}, default None
-        Array backend for the model; None uses gpunet's active backend.
-    verbose : bool, default False
-        Show a progress bar (needs tqdm).
+    verbose : bool or int, default False
+        Print scikit-learn's lines (``Iteration N, loss = ...``) to stdout.
     warm_start : bool, default False
-        ``fit`` continues from the fitted network (same layer sizes, activation and dtype;
-        for a classifier the same classes) with a fresh optimizer, instead of starting over.
-        ``n_iter_`` and ``loss_curve_`` then run on from the earlier calls.
+        ``fit`` continues from the fitted network (same layer sizes; for a classifier the same
+        classes) with a fresh optimizer; ``n_iter_`` counts the epochs of this fit, ``t_`` runs on.
+    lr_schedule : None, "cosine", "warmup_cosine" or a ``gpunet.schedules.Schedule`` (gpunet)
+        A per-epoch learning-rate schedule over ``max_iter`` epochs, with ``learning_rate="constant"``.
+    weight_decay : float, default 0.01 (gpunet)
+        AdamW's decoupled weight decay (``solver="adamw"`` only).
+    clip_norm : float or None (gpunet)
+        Rescale a batch gradient whose global L2 norm exceeds it.
+    dtype : None, "float32" or "float64" (gpunet)
+        Arithmetic precision; None follows X (float32 stays float32, anything else float64).
+    backend : {None, "auto", "numpy", "cupy"}, default None (gpunet)
+        Array backend of the model; None uses gpunet's active backend.
 
-    ``partial_fit(X, y)`` (``partial_fit(X, y, classes)`` for the classifier, whose first call
-    must name every class) trains one epoch over the given batch of data and keeps the
-    optimizer's state between calls, for data that arrives in pieces or does not fit in
-    memory. Without early stopping; with ``lr_schedule``, call k trains at the schedule's
-    rate for epoch k of ``max_iter`` (the last rate after that).
+    ``partial_fit`` trains one epoch over the given data and keeps the optimizer's state
+    between calls (the classifier's first call must name every class in ``classes``; not
+    with early stopping or L-BFGS).
 
-    Fitted attributes: ``net_`` (the ``gpunet.MLP``), ``n_features_in_``, ``n_iter_``
-    (epochs run), ``loss_`` and ``loss_curve_`` (training loss per epoch, without the L2
-    term), ``history_`` (gpunet's per-epoch records), ``coefs_``/``intercepts_`` (NumPy
-    copies of the weights and biases), and with early stopping ``validation_scores_`` and
-    ``best_validation_score_``.
+    Fitted attributes: ``coefs_``, ``intercepts_`` (NumPy arrays; assigning them changes the
+    model), ``n_features_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
+    ``n_iter_``, ``t_``, ``loss_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
+    ``best_validation_score_`` (None where they do not apply), and ``net_``, the ``gpunet.MLP``.
 """
 
 
+class _LearningRate:
+    """scikit-learn's learning-rate rules around a gpunet optimizer. ``learning_rate`` is the
+    rate in force (scikit-learn's tests read it from ``estimator._optimizer``)."""
+
+    def __init__(self, optimizer, rule, initial, power_t):
+        self.optimizer, self.rule, self.initial, self.power_t = optimizer, rule, float(initial), float(power_t)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.optimizer.lr = value
+
+    def iteration_ends(self, samples_seen):
+        if self.rule == "invscaling":
+            self.learning_rate = self.initial / (samples_seen + 1) ** self.power_t
+
+    def trigger_stopping(self, message, verbose) -> bool:
+        """Whether to stop after ``n_iter_no_change`` stalled epochs (adaptive: cut the rate
+        by 5 instead, until it is below 1e-6)."""
+        if self.rule != "adaptive":
+            if verbose:
+                print(message + " Stopping.")
+            return True
+        if self.learning_rate <= 1e-6:
+            if verbose:
+                print(message + " Learning rate too small. Stopping.")
+            return True
+        self.learning_rate /= 5.0
+        if verbose:
+            print(message + f" Setting learning rate to {self.learning_rate:f}")
+        return False
+
+
+class _Rows:
+    """The training rows of one fit on the backend: dense X moved there once, sparse X kept on
+    the host and densified one minibatch at a time. Yields what ``TrainingStep`` takes."""
+
+    def __init__(self, net, X, targets, weights):
+        be = net.backend
+        self.net, self.n = net, X.shape[0]
+        self.sparse = scipy.sparse.issparse(X)
+        self.X = X.tocsr() if self.sparse else net.features(X)
+        self.targets = net.targets(targets, self.n)
+        self.weights = None if weights is None else be.asarray(weights / weights.max(), dtype=net.dtype)
+        self.weight_total = float(self.n if weights is None else (weights / weights.max()).sum())
+
+    def batches(self, order, batch_size):
+        be, net = self.net.backend, self.net
+        if not self.sparse:
+            yield from batches(be, self.X, self.targets, self.weights, order, batch_size)
+            return
+        dense = batches(be, self.targets, self.targets, self.weights, order, batch_size)
+        for start, (targets, _, row_scale, batch_weight) in zip(range(0, self.n, batch_size), dense):
+            rows = self.X[order[start:start + batch_size]].toarray()
+            yield be.asarray(rows, dtype=net.dtype), targets, row_scale, batch_weight
+
+
+class _Objective:
+    """L-BFGS's loss and gradient over all the rows, on the model's backend: the data moves
+    there once (dense X; sparse X is densified a chunk at a time on each evaluation), and per
+    evaluation only the flat parameter vector goes in and the flat gradient comes out."""
+
+    def __init__(self, net, X, targets, weights):
+        be = net.backend
+        self.net = net
+        n = X.shape[0]
+        total = float(n if weights is None else np.sum(weights))
+        self.chunks = []
+        for start in range(0, n, _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            x = X[rows].tocsr() if scipy.sparse.issparse(X) else net.features(X[rows])
+            m = x.shape[0]
+            w = None if weights is None else np.asarray(weights[rows], dtype=np.float64)
+            share = (m if w is None else w.sum()) / total
+            if share == 0:
+                continue
+            row_scale = None if w is None else be.asarray(row_scale_from_weights(w), net.dtype)
+            self.chunks.append((x, net.targets(targets[rows], m), row_scale, share, net.workspace(m)))
+
+    def __call__(self, packed):
+        net = self.net
+        be = net.backend
+        net.set_flat_params(np.asarray(packed).astype(net.dtype))
+        loss, grad = 0.0, be.zeros(net.n_params, np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for x, targets, row_scale, share, ws in self.chunks:
+                if scipy.sparse.issparse(x):
+                    x = be.asarray(x.toarray(), dtype=net.dtype)
+                loss = loss + share * net.loss_and_grad_into(x, targets, ws, row_scale, include_decay=False)
+                grad += share * ws.flat_grads
+            weights = net.flat_params[:net.n_weights]
+            loss = loss + 0.5 * net.weight_decay * net.backend.sumsq(weights)
+            grad[:net.n_weights] += net.weight_decay * weights
+        return float(loss), to_numpy(grad)
+
+
 class _BaseMLP(BaseEstimator):
-    """Shared constructor and fit of the two estimators (parameters: ``_PARAMETERS_DOC``); the
-    fitted ``net_`` pickles itself (architecture, parameters, shuffling state)."""
+    """Shared constructor, fit and prediction of the two estimators (``_PARAMETERS_DOC``)."""
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4,
-                 batch_size="auto", learning_rate_init=1e-3, lr_schedule="constant", max_iter=200,
-                 shuffle=True, random_state=None, tol=1e-4, n_iter_no_change=10, momentum=0.9,
-                 nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
-                 clip_norm=None, early_stopping=False, validation_fraction=0.1, dtype="float64",
-                 backend=None, verbose=False, warm_start=False):
+                 batch_size="auto", learning_rate="constant", learning_rate_init=1e-3, power_t=0.5, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, lr_schedule=None,
+                 weight_decay=0.01, clip_norm=None, dtype=None, backend=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
-        self.lr_schedule = lr_schedule
+        self.power_t = power_t
         self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
         self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
+        self.verbose = verbose
+        self.warm_start = warm_start
         self.momentum = momentum
         self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.lr_schedule = lr_schedule
         self.weight_decay = weight_decay
         self.clip_norm = clip_norm
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
         self.dtype = dtype
         self.backend = backend
-        self.verbose = verbose
-        self.warm_start = warm_start
 
-    # ---- hyper-parameters -> gpunet objects (checked at fit, as scikit-learn asks) ---------
+    # ---- hyper-parameters, checked at fit as scikit-learn asks ------------------------------
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
         if isinstance(sizes, numbers.Integral) and not isinstance(sizes, bool):
@@ -150,17 +291,35 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes]
 
     def _activation_name(self):
-        if self.activation not in _ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {self.activation!r}")
         return _ACTIVATIONS[self.activation]
 
-    def _seed(self):
-        """An int seed for gpunet from ``random_state`` (an int is used as is)."""
-        if isinstance(self.random_state, numbers.Integral) and not isinstance(self.random_state, bool):
-            if self.random_state < 0:
-                raise ValueError(f"random_state must be non-negative, got {self.random_state}")
-            return int(self.random_state)
-        return int(check_random_state(self.random_state).randint(0, 2 ** 31 - 1))
+    def _check_params(self):
+        for name, options in (("solver", _SOLVERS), ("learning_rate", _LEARNING_RATES)):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {', '.join(options)}, got {getattr(self, name)!r}")
+        for name in ("max_iter", "max_fun"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_real("alpha", self.alpha, low=0.0)
+        check_real("tol", self.tol, low=0.0)
+        check_real("power_t", self.power_t, low=0.0)
+        stall = self.n_iter_no_change
+        if not (stall == np.inf or (isinstance(stall, numbers.Integral) and not isinstance(stall, bool)
+                                    and stall >= 1)):
+            raise ValueError(f"n_iter_no_change must be a positive integer or np.inf, got {stall!r}")
+        for name in ("shuffle", "warm_start", "early_stopping", "nesterovs_momentum"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.verbose, (bool, np.bool_, numbers.Integral)):
+            raise TypeError(f"verbose must be a bool or an int, got {self.verbose!r}")
+        fraction = self.validation_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 < fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
+        if self.clip_norm is not None:
+            check_real("clip_norm", self.clip_norm, low=0.0, low_open=True)
 
     def _batch(self, n):
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
@@ -168,230 +327,428 @@ class _BaseMLP(BaseEstimator):
         if not isinstance(self.batch_size, numbers.Integral) or isinstance(self.batch_size, bool) \
                 or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.batch_size > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
         return min(int(self.batch_size), n)
 
-    def _optimizer(self):
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(_SOLVERS)}, got {self.solver!r}")
+    def _new_optimizer(self):
+        """A fresh gpunet optimizer with scikit-learn's learning-rate rule around it."""
+        lr = self.learning_rate_init
         if self.solver == "sgd":
-            return make_optimizer("sgd", lr=self.learning_rate_init, momentum=self.momentum,
-                                  nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
-        if self.solver == "rmsprop":
-            return make_optimizer("rmsprop", lr=self.learning_rate_init, momentum=self.momentum,
-                                  eps=self.epsilon)
-        options = {"betas": (self.beta_1, self.beta_2), "eps": self.epsilon}
-        if self.solver == "adamw":
-            options["weight_decay"] = self.weight_decay
-        return make_optimizer(self.solver, lr=self.learning_rate_init, **options)
+            optimizer = SGD(lr=lr, momentum=self.momentum, nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
+        elif self.solver == "rmsprop":
+            optimizer = RMSprop(lr=lr, momentum=self.momentum, eps=self.epsilon)
+        elif self.solver == "adamw":
+            optimizer = AdamW(lr=lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon, weight_decay=self.weight_decay)
+        else:
+            optimizer = Adam(lr=lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+        rule = self.learning_rate if self.solver == "sgd" else "constant"
+        return _LearningRate(optimizer, rule, lr, self.power_t)
 
-    def _schedule(self, epochs):
-        if isinstance(self.lr_schedule, Schedule) or self.lr_schedule is None:
-            return self.lr_schedule
-        if self.lr_schedule not in _SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(_SCHEDULES)} or a "
+    def _schedule(self):
+        if self.lr_schedule is None or isinstance(self.lr_schedule, Schedule):
+            schedule = self.lr_schedule
+        elif self.lr_schedule in _SCHEDULES:
+            schedule = CosineDecay() if self.lr_schedule == "cosine" else \
+                LinearWarmup(max(1, self.max_iter // 20), then=CosineDecay())
+        else:
+            raise ValueError(f"lr_schedule must be None, one of {', '.join(_SCHEDULES)} or a "
                              f"gpunet.schedules.Schedule, got {self.lr_schedule!r}")
-        if self.lr_schedule == "cosine":
-            return CosineDecay()
-        if self.lr_schedule == "warmup_cosine":
-            return LinearWarmup(max(1, epochs // 20), then=CosineDecay())
-        return None
+        if schedule is not None and self.learning_rate != "constant":
+            raise ValueError(f"lr_schedule replaces learning_rate={self.learning_rate!r}: use one of them")
+        return schedule
 
-    # ---- training ---------------------------------------------------------------------------
-    def _continues(self, incremental):
-        """Whether this fit trains the existing ``net_`` on (warm start, partial_fit)."""
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
-        return getattr(self, "net_", None) is not None and (incremental or bool(self.warm_start))
+    def _model_dtype(self, X):
+        if self.dtype is not None:
+            return check_float_dtype(self.dtype)
+        return np.dtype(np.float32) if X.dtype == np.float32 else np.dtype(np.float64)
 
-    def _fit_network(self, X, targets, n_outputs, *, classifier, stratify=None, incremental=False,
-                     sample_weight=None):
-        """Build (or, continuing, reuse) and train ``net_`` on X (N, d) and targets: int
-        labels (N,) or floats (N, K). ``incremental``: one epoch, the optimizer kept."""
-        sample_weight = check_sample_weight(sample_weight, X.shape[0])
-        hidden = self._hidden_sizes()
-        act = self._activation_name()
-        seed = self._seed()
-        epochs = self.max_iter
-        if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {epochs!r}")
-        optimizer = self._optimizer()
-        schedule = self._schedule(epochs)
-        if not isinstance(self.early_stopping, (bool, np.bool_)):
-            raise TypeError(f"early_stopping must be True or False, got {self.early_stopping!r}")
-        continuing = self._continues(incremental)
-        widths = [X.shape[1], *hidden, n_outputs]
-        if continuing:
-            self._check_same_network(widths, act)
-        early_stopping = bool(self.early_stopping) and not incremental
-        if incremental:
-            epochs = 1
-            # the optimizer's state (momentum, Adam's moments) carries over between calls
-            kept = getattr(self, "_partial_fit_optimizer", None)
-            optimizer = kept if continuing and kept is not None else optimizer
-            self._partial_fit_optimizer = optimizer
-            if schedule is not None:   # call k trains at the schedule's rate for epoch k of max_iter
-                done = self.n_iter_ if continuing else 0
-                optimizer.lr = schedule.lr(float(self.learning_rate_init), min(done, self.max_iter - 1), self.max_iter)
-                schedule = None
-        else:
-            self._partial_fit_optimizer = None
+    # ---- the network and its parameters as NumPy arrays ---------------------------------------
+    def _output(self):
+        raise NotImplementedError
 
-        validation = None
-        if early_stopping:
-            X, targets, sample_weight, validation = self._split_validation(X, targets, sample_weight, seed,
-                                                                           stratify)
-        batch = self._batch(X.shape[0])
-        monitor = ("val_accuracy" if classifier else "val_r2") if early_stopping else "loss"
-        stopper = None if incremental else EarlyStopping(
-            monitor=monitor, patience=self.n_iter_no_change, min_delta=self.tol,
-            mode="max" if early_stopping else "min", restore_best_weights=early_stopping)
-        # scikit-learn's penalty alpha / (2 * the batch's total weight): the weight of an
-        # average batch here, so that a weight of k acts as k copies of a sample
-        batch_weight = batch if sample_weight is None else batch * float(sample_weight.mean())
-        if continuing:
-            net = self.net_
-            net.weight_decay = check_real("alpha", self.alpha, low=0.0) / batch_weight
-        else:
-            net = MLP(widths, activation=act, output="softmax" if classifier else "identity",
-                      loss="cross_entropy" if classifier else "mse",
-                      weight_decay=float(self.alpha) / batch_weight, dtype=self.dtype, seed=seed,
+    def _new_network(self, layer_units, dtype):
+        """A gpunet MLP initialised as scikit-learn initialises: weights and biases uniform in
+        +-sqrt(factor / (fan_in + fan_out)), factor 2 for the logistic activation, else 6."""
+        factor = 2.0 if self._activation_name() == "sigmoid" else 6.0
+        coefs, intercepts = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):   # scikit-learn's draws, in its order
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            coefs.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)))
+            intercepts.append(self._random_state.uniform(-bound, bound, fan_out))
+        output, loss = _OUTPUTS[self.out_activation_]
+        net = MLP(layer_units, activation=self._activation_name(), output=output, loss=loss, dtype=dtype,
+                  seed=int(self._random_state.randint(0, 2 ** 31 - 1)), backend=self.backend)
+        net.set_flat_params(np.concatenate([a.ravel() for a in coefs + intercepts]).astype(dtype))
+        return net
+
+    def _pull_parameters(self):
+        """``coefs_`` and ``intercepts_`` from the network (host copies)."""
+        self.coefs_ = [to_numpy(w).copy() for w in self.net_.weights]
+        self.intercepts_ = [to_numpy(b).copy() for b in self.net_.biases]
+        self._pushed = [a.copy() for a in self.coefs_ + self.intercepts_]
+
+    def _push_parameters(self):
+        """Into the network, the ``coefs_``/``intercepts_`` a user assigned since the last pull
+        (building the network from them when there is none: scikit-learn's worked example)."""
+        current = list(self.coefs_) + list(self.intercepts_)
+        pushed = getattr(self, "_pushed", None)
+        if getattr(self, "net_", None) is not None and pushed is not None and len(current) == len(pushed) \
+                and all(np.shape(a) == b.shape and np.array_equal(a, b) for a, b in zip(current, pushed)):
+            return
+        coefs = [np.asarray(c) for c in self.coefs_]
+        intercepts = [np.asarray(b).reshape(-1) for b in self.intercepts_]
+        units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
+        if len(intercepts) != len(coefs) or [b.shape[0] for b in intercepts] != units[1:] \
+                or any(c.shape != (a, b) for c, a, b in zip(coefs, units[:-1], units[1:])):
+            raise ValueError("coefs_ and intercepts_ do not describe one network: shapes "
+                             f"{[c.shape for c in coefs]} and {[b.shape for b in intercepts]}")
+        net = getattr(self, "net_", None)
+        if net is None or list(net.sizes) != units:
+            dtype = np.result_type(*coefs, *intercepts, np.float32)
+            output, loss = _OUTPUTS[getattr(self, "out_activation_", self._output())]
+            net = MLP(units, activation=self._activation_name(), output=output, loss=loss, dtype=dtype,
                       backend=self.backend)
-        history = net.fit(X, targets, epochs=epochs, batch_size=batch, optimizer=optimizer,
-                          schedule=schedule, clip_norm=self.clip_norm, shuffle=self.shuffle,
-                          validation_data=validation, early_stopping=stopper,
-                          progress=bool(self.verbose), sample_weight=sample_weight)
+        net.set_flat_params(np.concatenate([a.ravel() for a in coefs + intercepts]).astype(net.dtype))
         self.net_ = net
-        self.history_ = dict(history)
-        self.n_iter_ = (self.n_iter_ if continuing else 0) + history.epochs
-        self.loss_curve_ = (self.loss_curve_ if continuing else []) + list(history["loss"])
-        self.loss_ = self.loss_curve_[-1]
-        if early_stopping:
-            self.validation_scores_ = list(history[monitor])
-            self.best_validation_score_ = history.best_value
+        self._pull_parameters()
+
+    # ---- training -----------------------------------------------------------------------------
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        self._check_params()
+        hidden = self._hidden_sizes()
+        schedule = self._schedule()
+        if incremental and self.solver == "lbfgs":
+            raise AttributeError("partial_fit is only available for stochastic optimizers. lbfgs is not stochastic.")
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, targets, commit = self._validate_input(X, y, incremental, reset=first_pass)
+        sample_weight = check_sample_weight(sample_weight, X.shape[0])
+        if targets.ndim == 1:
+            targets = targets.reshape(-1, 1)
+        layer_units = [X.shape[1], *hidden, targets.shape[1]]
+        if not first_pass:
+            self._push_parameters()
+            self._check_same_network(layer_units)
+        commit()
+        self.n_outputs_ = targets.shape[1]
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(layer_units, self._model_dtype(X))
+        batch = self._batch(X.shape[0]) if self.solver != "lbfgs" else X.shape[0]
+        # scikit-learn's penalty alpha / (2 * the batch's total weight): the weight of an average
+        # batch here, so that a weight of k acts as k copies of a sample
+        mean_weight = 1.0 if sample_weight is None else float(sample_weight.mean())
+        self.net_.weight_decay = float(self.alpha) / (batch * mean_weight)
+        try:
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(X, targets, sample_weight)
+            else:
+                self._fit_stochastic(X, targets, sample_weight, incremental, batch, schedule)
+        finally:
+            self._pull_parameters()
+        if not all(np.isfinite(a).all() for a in self.coefs_ + self.intercepts_):
+            raise ValueError(_DIVERGED)
         return self
 
-    def _check_same_network(self, widths, activation):
-        """Continuing needs the network the hyper-parameters and data describe now."""
+    def _check_same_network(self, layer_units):
+        """Continuing (warm start, partial_fit) needs the network the hyper-parameters and the
+        data describe now: the same layer widths, hidden activation and (when set) dtype."""
         net = self.net_
-        if list(net.sizes) != widths:
+        if list(net.sizes[:-1]) == layer_units[:-1] and net.sizes[-1] != layer_units[-1]:
+            raise ValueError(f"cannot continue training: y has {layer_units[-1]} outputs, the fitted network "
+                             f"{net.sizes[-1]}")
+        if list(net.sizes) != layer_units:
             raise ValueError(f"cannot continue training: the fitted network has layer widths {list(net.sizes)}, "
-                             f"but hidden_layer_sizes and the data now give {widths}")
+                             f"but hidden_layer_sizes and the data now give {layer_units}")
         fitted = sorted({a.name for a in net.hidden_activations})
-        if fitted and fitted != [activation]:
+        if fitted and fitted != [self._activation_name()]:
             raise ValueError(f"cannot continue training: the fitted network's hidden activation is "
-                             f"{', '.join(fitted)}, not {activation!r}")
-        if np.dtype(net.dtype) != np.dtype(self.dtype):
+                             f"{', '.join(fitted)}, not {self.activation!r}")
+        if self.dtype is not None and np.dtype(net.dtype) != check_float_dtype(self.dtype):
             raise ValueError(f"cannot continue training: the fitted network is {np.dtype(net.dtype)}, "
                              f"dtype is now {self.dtype!r}")
 
-    def _split_validation(self, X, targets, sample_weight, seed, stratify):
-        """(X, targets, sample_weight) to train on, and (X, targets) held out (unweighted)."""
-        from sklearn.model_selection import train_test_split
-        fraction = self.validation_fraction
-        if not isinstance(fraction, numbers.Real) or not 0.0 < fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
-        n_val = int(np.ceil(fraction * X.shape[0]))
-        if n_val < 1 or X.shape[0] - n_val < 1:
-            raise ValueError(f"early_stopping needs at least 2 samples to split off a validation set, "
-                             f"got {X.shape[0]}")
-        if stratify is not None:
-            counts = np.bincount(stratify)
-            # stratifying needs two members per class and a validation set that can hold them all
-            if counts.min() < 2 or n_val < len(counts) or X.shape[0] - n_val < len(counts):
-                stratify = None
-        weights = np.ones(X.shape[0]) if sample_weight is None else sample_weight
-        X_tr, X_val, t_tr, t_val, w_tr, _ = train_test_split(X, targets, weights, test_size=n_val,
-                                                             random_state=seed, stratify=stratify)
-        if sample_weight is not None and not w_tr.any():
-            raise ValueError("early_stopping left only zero-weight samples to train on")
-        return X_tr, t_tr, None if sample_weight is None else w_tr, (X_val, t_val)
+    def _initialize(self, layer_units, dtype):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._output()
+        self.net_ = self._new_network(layer_units, dtype)
+        self._epochs_done = 0
+        if self.solver != "lbfgs":
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
+            else:
+                self.validation_scores_, self.best_validation_score_, self.best_loss_ = None, None, np.inf
 
-    # ---- fitted parameters as NumPy arrays ---------------------------------------------------
-    @property
-    def coefs_(self):
-        """Weight matrices ``W_l`` (n_{l-1}, n_l) as NumPy copies."""
-        check_is_fitted(self, "net_")
-        return [to_numpy(w).copy() for w in self.net_.weights]
+    def _split(self, X, targets, sample_weight):
+        """The held-out part for early stopping, split as scikit-learn splits it."""
+        stratify = targets if is_classifier(self) and self.n_outputs_ == 1 else None
+        parts = [X, targets] + ([] if sample_weight is None else [sample_weight])
+        split = train_test_split(*parts, random_state=self._random_state, test_size=self.validation_fraction,
+                                 stratify=stratify)
+        X_train, X_val, t_train, t_val = split[:4]
+        w_train = None if sample_weight is None else split[4]
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                             "your dataset.")
+        return X_train, t_train, w_train, X_val, t_val
 
-    @property
-    def intercepts_(self):
-        """Bias vectors ``b_l`` (n_l,) as NumPy copies."""
-        check_is_fitted(self, "net_")
-        return [to_numpy(b).copy() for b in self.net_.biases]
+    def _fit_stochastic(self, X, targets, sample_weight, incremental, batch, schedule):
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._new_optimizer()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        X_val = t_val = None
+        if early_stopping:
+            X, targets, sample_weight, X_val, t_val = self._split(X, targets, sample_weight)
+            self._best_params = self.net_.flat_params.copy()
+        net, optimizer = self.net_, self._optimizer
+        rows = _Rows(net, X, self._net_targets(targets), sample_weight)
+        mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight))
+        batch = min(batch, rows.n)
+        n_batches = -(-rows.n // batch)
+        step = TrainingStep(net, optimizer.optimizer, self.clip_norm)
+        self.n_iter_ = 0
+        with net.training():
+            for _ in range(self.max_iter):
+                if schedule is not None:
+                    done = getattr(self, "_epochs_done", 0)
+                    optimizer.learning_rate = schedule.lr(float(self.learning_rate_init),
+                                                          min(done, self.max_iter - 1), self.max_iter)
+                order = self._random_state.permutation(rows.n) if self.shuffle else np.arange(rows.n)
+                step.begin_epoch(self.n_iter_)
+                diverged = False
+                try:
+                    for x, t, row_scale, batch_weight in rows.batches(order, batch):
+                        step(x, t, row_scale, batch_weight)
+                    loss_sum, _ = step.end_epoch()
+                    self.loss_ = self._reported_loss(loss_sum / rows.weight_total, n_batches, rows.n,
+                                                     mean_weight)
+                except TrainingDiverged as exc:
+                    if not early_stopping:
+                        raise ValueError(_DIVERGED) from exc
+                    # as scikit-learn: the non-finite epoch is recorded, the best weights are kept
+                    self.loss_, diverged = float("nan"), True
+                self.n_iter_ += 1
+                self._epochs_done = getattr(self, "_epochs_done", 0) + 1
+                self.t_ += rows.n
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                self._update_no_improvement_count(early_stopping, X_val, t_val, diverged)
+                if diverged:
+                    break
+                optimizer.iteration_ends(self.t_)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score did not improve" if early_stopping else "Training loss did not improve"
+                    message = (f"{what} more than tol={self.tol:f} for {self.n_iter_no_change} consecutive "
+                               "epochs.")
+                    if optimizer.trigger_stopping(message, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                                  "optimization hasn't converged yet.", ConvergenceWarning)
+            if early_stopping:
+                with net.writing_parameters():
+                    net.flat_params[...] = self._best_params
 
-    def _validated_X(self, X):
-        check_is_fitted(self, "net_")
-        return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+    def _reported_loss(self, data_loss, n_batches, n, mean_weight):
+        """scikit-learn's per-epoch loss: the mean data loss (squared error averaged over the
+        outputs, as scikit-learn's is) plus the L2 penalty ``alpha / (2 * batch weight)`` each
+        minibatch added, here at the epoch's last weights."""
+        net = self.net_
+        if net.loss_fn.name == "mse":
+            data_loss /= self.n_outputs_
+        if not self.alpha:
+            return float(data_loss)
+        squares = float(net.backend.sumsq(net.flat_params[:net.n_weights]))
+        return float(data_loss + 0.5 * float(self.alpha) * squares * n_batches / (n * mean_weight))
+
+    def _update_no_improvement_count(self, early_stopping, X_val, t_val, diverged=False):
+        if early_stopping:
+            score = float("nan") if diverged else self._score_outputs(self._outputs(X_val), t_val)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print(f"Validation score: {score:f}")
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params[...] = self.net_.flat_params
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _fit_lbfgs(self, X, targets, sample_weight):
+        net = self.net_
+        net.weight_decay = float(self.alpha) / (X.shape[0] if sample_weight is None else float(sample_weight.sum()))
+        objective = _Objective(net, X, self._net_targets(targets), sample_weight)
+        start = to_numpy(net.flat_params).astype(np.float64)
+        with net.training():
+            result = scipy.optimize.minimize(objective, start, method="L-BFGS-B", jac=True,
+                                             options={"maxfun": self.max_fun, "maxiter": self.max_iter,
+                                                      "gtol": self.tol})
+        if result.status != 0:
+            message = result.message.decode() if isinstance(result.message, bytes) else result.message
+            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}):\n"
+                          f"{message}.\n\nIncrease the number of iterations to improve the convergence "
+                          f"(max_iter={self.max_iter}).", ConvergenceWarning, stacklevel=3)
+        self.n_iter_ = min(result.nit, self.max_iter)
+        self.loss_ = float(result.fun)
+        if self.verbose:
+            print(f"L-BFGS-B: {result.nit} iterations, {result.nfev} evaluations, loss = {self.loss_:.8f}")
+        net.set_flat_params(np.asarray(result.x).astype(net.dtype))
+
+    def _loss_grad_lbfgs(self, packed, X, y, sample_weight=None, *buffers):
+        """L-BFGS's objective at the flat parameters ``packed`` (scikit-learn's layout,
+        coefficients then intercepts, which is gpunet's): the mean loss plus
+        ``alpha / (2 N) * sum ||W||^2``, and its gradient, as float64 (``y`` binarised as the
+        estimator binarises it; scikit-learn's own tests call this)."""
+        self.net_.weight_decay = float(self.alpha) / (X.shape[0] if sample_weight is None else
+                                                      float(np.sum(sample_weight)))
+        return _Objective(self.net_, X, self._net_targets(y), sample_weight)(packed)
+
+    # ---- prediction ---------------------------------------------------------------------------
+    def _outputs(self, X):
+        """The network's activated outputs (N, n_outputs) on the host, in the model's dtype;
+        sparse X densified a chunk at a time. Non-finite rows come back as they are."""
+        net = self.net_
+        if not scipy.sparse.issparse(X):
+            return to_numpy(net.forward(X))
+        X = X.tocsr()
+        return np.concatenate([to_numpy(net.forward(X[start:start + _CHUNK].toarray()))
+                               for start in range(0, X.shape[0], _CHUNK)])
+
+    def _forward(self, X):
+        """Validated X -> outputs; rows whose arithmetic overflowed are refused by name, as
+        ``gpunet.MLP.predict`` refuses them (not a NaN probability or an arbitrary label)."""
+        check_is_fitted(self, "coefs_")
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False, dtype=(np.float64, np.float32))
+        self._push_parameters()
+        out = self._outputs(X)
+        out = out.astype(np.result_type(X.dtype, out.dtype), copy=False)   # float64 X: float64 out, as scikit-learn
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+            raise ValueError(f"the network's outputs are not finite for {bad.size} row(s) of X (rows {shown}): "
+                             f"their arithmetic overflows {self.net_.dtype.name}. Scale the features, or use "
+                             "dtype='float64'.")
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multilayer perceptron classifier (softmax output, cross-entropy loss) trained by gpunet.
+    """Multilayer perceptron classifier trained by gpunet: a softmax output for three or more
+    classes, one logistic unit for two, independent logistic units for multilabel y.
 
     Labels may be any values scikit-learn accepts (ints, strings...); ``classes_`` holds them
     sorted, and ``predict_proba`` columns follow that order.
     """
 
-    def fit(self, X, y, sample_weight=None):
-        """Train on X (n_samples, n_features) and labels y (n_samples,), each sample's loss
-        weighted by ``sample_weight`` (n_samples,) when given. Returns self."""
-        continuing = self._continues(incremental=False)
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=not continuing)
-        check_classification_targets(y)
-        encoder = LabelEncoder().fit(y)
-        if len(encoder.classes_) < 2:
-            raise ValueError(f"MLPClassifier needs at least 2 classes, but y holds one class "
-                             f"(label {encoder.classes_[0]!r})")
-        if continuing and not np.array_equal(encoder.classes_, self.classes_):
-            raise ValueError(f"warm_start needs the classes of the earlier fit, {self.classes_.tolist()}; "
-                             f"y holds {encoder.classes_.tolist()}")
-        codes = encoder.transform(y).astype(np.int64)
-        self._fit_network(X, codes, len(encoder.classes_), classifier=True, stratify=codes,
-                          sample_weight=sample_weight)
-        self.classes_ = encoder.classes_    # only once trained: a refused fit leaves the model whole
-        return self
+    def _output(self):
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """One epoch over X (n_samples, n_features) and labels y, continuing from the earlier
-        calls. ``classes``: every label the calls will see; required on the first call."""
-        first = getattr(self, "net_", None) is None
+    def _validate_input(self, X, y, incremental, reset):
+        """(X, binarised y, a function that commits the classes): nothing is changed until the
+        whole fit has been checked, so a refused call leaves a fitted model as it was."""
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
+            binarizer = LabelBinarizer().fit(y)
+
+            def commit():
+                self._label_binarizer, self.classes_ = binarizer, binarizer.classes_
+            return X, binarizer.transform(y).astype(bool), commit
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError("warm_start can only be used where `y` has the same classes as in the previous "
+                                     f"call to fit. Previously got {self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
+                                 f"'y' has {classes}.")
+        return X, self._label_binarizer.transform(y).astype(bool), lambda: None
+
+    def _net_targets(self, binarized):
+        """What the gpunet loss takes: class indices for a softmax, 0/1 floats otherwise."""
+        binarized = np.asarray(binarized)
+        if self.out_activation_ == "softmax":
+            return binarized.argmax(axis=1) if binarized.ndim == 2 else binarized.astype(np.int64)
+        return binarized.astype(np.float64).reshape(binarized.shape[0], -1)
+
+    def _score_outputs(self, outputs, binarized):
+        if not np.isfinite(outputs).all():
+            return float("nan")
+        return float(accuracy_score(self._label_binarizer.inverse_transform(binarized.astype(np.int64)),
+                                    self._labels_from(outputs)))
+
+    def _labels_from(self, outputs):
+        if self.n_outputs_ == 1:
+            outputs = outputs.ravel()
+        return self._label_binarizer.inverse_transform(outputs)
+
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n_samples, n_features) and y: labels (n_samples,) or a multilabel
+        indicator matrix (n_samples, n_classes); ``sample_weight`` (n_samples,) weighs each
+        sample's loss. Returns self."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    @available_if(lambda est: est.solver != "lbfgs")
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over X and y, continuing from the earlier calls; ``classes`` (every label
+        the calls will see) is required on the first call."""
+        first = getattr(self, "classes_", None) is None
         if first and classes is None:
-            raise ValueError("classes must be passed on the first call to partial_fit")
+            raise ValueError("classes must be passed on the first call to partial_fit.")
         if classes is not None:
-            classes = np.unique(np.asarray(classes))
-            if len(classes) < 2:
-                raise ValueError(f"partial_fit needs at least 2 classes, got {classes.tolist()}")
-            if not first and not np.array_equal(classes, self.classes_):
-                raise ValueError(f"classes={classes.tolist()} differs from the classes of the earlier calls, "
-                                 f"{self.classes_.tolist()}")
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=first)
-        check_classification_targets(y)
-        known = classes if first else self.classes_
-        unseen = np.setdiff1d(y, known)
-        if unseen.size:
-            raise ValueError(f"y holds labels {unseen.tolist()} that are not among the classes {known.tolist()}")
-        codes = np.searchsorted(known, y).astype(np.int64)
-        self._fit_network(X, codes, len(known), classifier=True, incremental=True, sample_weight=sample_weight)
-        self.classes_ = known
-        return self
+            if not first and not np.array_equal(self.classes_, unique_labels(classes)):
+                raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+                                 f"was: {self.classes_!r}")
+            if first:
+                self.classes_ = unique_labels(classes)
+                self._label_binarizer = LabelBinarizer()
+                self._label_binarizer.fit(y if type_of_target(y).startswith("multilabel") else classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict(self, X):
+        """Predicted labels (n_samples,) from ``classes_``, or an indicator matrix for multilabel."""
+        return self._labels_from(self._forward(X))
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
-        X = self._validated_X(X)
-        return self.net_.predict_proba(X).astype(np.float64)
+        out = self._forward(X)
+        if self.n_outputs_ == 1:
+            out = out.ravel()
+        return np.vstack([1 - out, out]).T if out.ndim == 1 else out
 
     def predict_log_proba(self, X):
+        probabilities = self.predict_proba(X)
         with np.errstate(divide="ignore"):
-            return np.log(self.predict_proba(X))
-
-    def predict(self, X):
-        """Predicted labels (n_samples,), values from ``classes_``."""
-        X = self._validated_X(X)
-        return self.classes_[self.net_.predict(X)]
+            return np.log(probabilities, out=probabilities)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = True
-        tags.classifier_tags.multi_label = False
+        tags.classifier_tags.multi_label = True
         return tags
 
 
@@ -399,42 +756,66 @@ MLPClassifier.__doc__ += _PARAMETERS_DOC
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multilayer perceptron regressor (identity output, squared-error loss) trained by gpunet.
+    """Multilayer perceptron regressor trained by gpunet: an identity output with the squared
+    error, or with ``loss="poisson"`` an exp output with half the Poisson deviance.
 
-    y may be (n_samples,) or (n_samples, n_outputs); ``predict`` returns the same shape.
-    Targets are used as given: standardise them (e.g. ``TransformedTargetRegressor``) when
-    their scale is far from 1.
+    y may be (n_samples,) or (n_samples, n_outputs); ``predict`` returns (n_samples,) when
+    there is one output, in the model's dtype. Targets are used as given: standardise them
+    (e.g. ``TransformedTargetRegressor``) when their scale is far from 1.
     """
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=1e-3, power_t=0.5, max_iter=200,
+                 loss="squared_error", shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, lr_schedule=None,
+                 weight_decay=0.01, clip_norm=None, dtype=None, backend=None):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+                         warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+                         early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
+                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+                         lr_schedule=lr_schedule, weight_decay=weight_decay, clip_norm=clip_norm, dtype=dtype,
+                         backend=backend)
+        self.loss = loss
+
+    def _output(self):
+        if self.loss not in ("squared_error", "poisson"):
+            raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
+        return "exp" if self.loss == "poisson" else "identity"
+
+    def _validate_input(self, X, y, incremental, reset):
+        self._output()
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y, lambda: None
+
+    def _net_targets(self, targets):
+        targets = np.asarray(targets, dtype=np.float64)
+        return targets.reshape(targets.shape[0], -1)
+
+    def _score_outputs(self, outputs, targets):
+        if not np.isfinite(outputs).all():
+            return float("nan")
+        return float(r2_score(targets, outputs.ravel() if outputs.shape[1] == 1 else outputs))
 
     def fit(self, X, y, sample_weight=None):
         """Train on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_outputs),
         each sample's loss weighted by ``sample_weight`` (n_samples,) when given."""
-        return self._fit_regressor(X, y, sample_weight, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
+    @available_if(lambda est: est.solver != "lbfgs")
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over X and y, continuing from the earlier calls (the optimizer's state too)."""
-        return self._fit_regressor(X, y, sample_weight, incremental=True)
-
-    def _fit_regressor(self, X, y, sample_weight, *, incremental):
-        continuing = self._continues(incremental)
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True, y_numeric=True,
-                             reset=not continuing)
-        targets = np.asarray(y, dtype=np.float64)
-        y_is_1d = targets.ndim == 1
-        targets = targets.reshape(targets.shape[0], -1)
-        if continuing and targets.shape[1] != self.n_outputs_:
-            raise ValueError(f"y has {targets.shape[1]} outputs; the fitted network has {self.n_outputs_}")
-        self._fit_network(X, targets, targets.shape[1], classifier=False, incremental=incremental,
-                          sample_weight=sample_weight)
-        self._y_is_1d, self.n_outputs_ = y_is_1d, targets.shape[1]
-        return self
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
-        """Predictions (n_samples,) or (n_samples, n_outputs), as y was in ``fit`` (float64,
-        as scikit-learn expects, whatever the model's dtype)."""
-        X = self._validated_X(X)
-        out = self.net_.predict(X).astype(np.float64)
-        return out[:, 0] if self._y_is_1d else out
+        """Predictions (n_samples,) with one output, else (n_samples, n_outputs)."""
+        out = self._forward(X)
+        return out.ravel() if out.shape[1] == 1 else out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -34,7 +34,8 @@ from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
 from .validation import check_bool, check_int, check_real, check_sample_weight
 
-__all__ = ["fit", "History", "TrainingDiverged", "TrainingStep", "FitPlan"]
+__all__ = ["fit", "History", "TrainingDiverged", "TrainingStep", "FitPlan", "prepare", "batches", "run_epoch",
+           "evaluate"]
 
 log = logging.getLogger("gpunet")
 
@@ -285,25 +286,32 @@ class TrainingStep:
 
 
 # ---- phase 2: epoch ---------------------------------------------------------------------------
-def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int):
-    """One pass over the data in (shuffled) batches; returns the lr of its last step."""
-    be = net.backend
-    order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
-    order = be.asarray(order)
-    lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
-    step_lr = None if plan.schedule is None else lr
-    per_step, batch, x, targets, weights = plan.schedule_per_step, plan.batch_size, plan.x, plan.targets, plan.weights
-    step.begin_epoch(epoch)
-    for index, start in enumerate(range(0, plan.n, batch)):
-        if per_step and index:
-            lr = step_lr = plan.lr_for(epoch, index)
-        idx = order[start:start + batch]
+def batches(backend, x, targets, weights, order, batch_size):
+    """The minibatches of one epoch on the backend: ``(x_b, targets_b, row_scale, batch_weight)``
+    gathered in ``order`` (host indices, moved to the device once), ``batch_size`` rows each
+    (the last may be short); row_scale and batch_weight are None without ``weights``."""
+    order = backend.asarray(order)
+    for start in range(0, order.shape[0], batch_size):
+        idx = order[start:start + batch_size]
         row_scale = batch_weight = None
         if weights is not None:
-            wb = be.take_rows(weights, idx)
+            wb = backend.take_rows(weights, idx)
             batch_weight = wb.sum()
             row_scale = row_scale_from_weights(wb, batch_weight)
-        step(be.take_rows(x, idx), be.take_rows(targets, idx), row_scale, batch_weight, step_lr)
+        yield backend.take_rows(x, idx), backend.take_rows(targets, idx), row_scale, batch_weight
+
+
+def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int):
+    """One pass over the data in (shuffled) batches; returns the lr of its last step."""
+    order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
+    lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
+    step_lr = None if plan.schedule is None else lr
+    step.begin_epoch(epoch)
+    for index, (x, targets, row_scale, batch_weight) in enumerate(
+            batches(net.backend, plan.x, plan.targets, plan.weights, order, plan.batch_size)):
+        if plan.schedule_per_step and index:
+            lr = step_lr = plan.lr_for(epoch, index)
+        step(x, targets, row_scale, batch_weight, step_lr)
     return lr
 
 

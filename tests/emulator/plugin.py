@@ -194,7 +194,7 @@ def _guards_intact(arr) -> bool:
     """False when a kernel wrote past either end of the buffer behind ``arr``."""
     base = arr
     while base is not None and _GUARDED.get(id(base)) is not base:
-        base = base.base
+        base = getattr(base, "base", None)    # an unpickled array ends in bytes: not a guarded buffer
     if base is None:
         return True
     guard = _GUARD_PATTERN[id(base)]
