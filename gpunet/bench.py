@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ CASES = {
     "act_backward_tanh": "incoming gradient times tanh'",
     "mse_grad": "MSE loss and gradient through a sigmoid output",
     "sgd_update": "SGD momentum + weight decay over the flat parameter buffer",
+    "sklearn_fit": "gpunet.sklearn against sklearn.neural_network: fit() with the same hyper-parameters",
 }
 _IMPL_ORDER = ["gpunet", "fused", "fused-registers", "unfused", "torch-eager", "torch-compile"]
 _TIER_ORDER = ["small", "medium", "large"]
@@ -257,6 +259,9 @@ def _ratios(rows):
             if "bare" in paired:    # the public call over the bare pass it wraps, per round
                 row["over_bare"] = paired["bare"]["ratio"]
                 row["same_rounds_bare"] = paired["bare"]["median"]
+            if "scikit-learn" in paired:   # the estimators' fits in alternating rounds
+                row["vs_scikit-learn"] = paired["scikit-learn"]["ratio"]
+                row["same_rounds_scikit-learn"] = paired["scikit-learn"]["median"]
             for peer in _PEERS:
                 if peer in paired:      # alternating rounds: the ratio the run measured directly
                     row[f"vs_{peer}"] = paired[peer]["ratio"]
@@ -296,7 +301,8 @@ def _ratio_cell(row, key):
     if key not in row:
         return ""
     other = {"fused_speedup": "same_rounds_unfused", "vs_torch-eager": "same_rounds_torch-eager",
-             "vs_torch-compile": "same_rounds_torch-compile"}.get(key)
+             "vs_torch-compile": "same_rounds_torch-compile",
+             "vs_scikit-learn": "same_rounds_scikit-learn"}.get(key)
     if other and other in row:
         return f"{row[key]:.2f} (vs {fmt_time(row[other])})"
     return _x(row[key])
@@ -362,6 +368,11 @@ def render_markdown(rows, machine_info, title="") -> str:
                    ("median", lambda r: fmt_time(r["median"])), ("rounds", lambda r: str(r["rounds"])),
                    ("achieved", fmt_rate), ("of ceiling", lambda r: _pct(r["fraction"])),
                    ("floor", lambda r: fmt_time(r["floor"]))]
+        if any("solver" in r for r in crow):
+            columns[1:1] = [("dataset, solver", lambda r: f"{r.get('dataset', '')}, {r.get('solver', '')}")]
+        if any("peer_score" in r for r in crow):
+            columns.append(("score: gpunet / scikit-learn", lambda r: "" if "peer_score" not in r else
+                            f"{r['score']:.4f} / {r['peer_score']:.4f} ({r.get('score_name', '')})"))
         if any(r.get("host_time") for r in crow):
             columns.append(("host time to queue", lambda r: fmt_time(r.get("host_time"))))
         if any("outside_gemms" in r for r in crow):
@@ -371,7 +382,8 @@ def render_markdown(rows, machine_info, title="") -> str:
             columns.append(("public/bare", lambda r: "" if "over_bare" not in r else
                             f"{_x(r['over_bare'])} (bare {fmt_time(r['same_rounds_bare'])})"))
         optional = [("fused speedup", "fused_speedup"), ("CuPy/NumPy speedup", "gpu_speedup"),
-                    ("gpunet/PyTorch eager", "vs_torch-eager"), ("gpunet/torch.compile", "vs_torch-compile")]
+                    ("gpunet/PyTorch eager", "vs_torch-eager"), ("gpunet/torch.compile", "vs_torch-compile"),
+                    ("gpunet/scikit-learn", "vs_scikit-learn")]
         for label, key in optional:
             if any(key in r for r in crow):
                 columns.append((label, lambda r, key=key: _ratio_cell(r, key)))
@@ -433,6 +445,15 @@ def _summary(rows) -> str:
         if "gpu_speedup" in row:
             bits.append(f"{_x(row['gpu_speedup'])}x faster than NumPy")
         lines.append("- train step, " + "; ".join(bits))
+    for backend in ("numpy", "cupy"):
+        fits = [r for r in rows if r["case"] == "sklearn_fit" and r["backend"] == backend and "vs_scikit-learn" in r]
+        if fits:
+            ratios = sorted(r["vs_scikit-learn"] for r in fits)
+            worst = min(fits, key=lambda r: r["score"] - r["peer_score"])
+            lines.append(f"- gpunet.sklearn on {backend}: fit() takes {_x(ratios[0])}-{_x(ratios[-1])}x "
+                         f"(median {_x(statistics.median(ratios))}x) the time of sklearn.neural_network over "
+                         f"{len(fits)} dataset and solver pairs; the largest score shortfall is "
+                         f"{worst['peer_score'] - worst['score']:+.4f} ({worst['dataset']}, {worst['solver']})")
     return "\n".join(lines)
 
 

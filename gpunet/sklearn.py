@@ -17,13 +17,7 @@ regressor (an exp output); sparse X (CSR/CSC, densified one minibatch at a time)
 training float32 parameters; settable ``coefs_``/``intercepts_``; the initialisation
 (uniform, Glorot's bound, factor 2 for the logistic) drawn from ``random_state``.
 
-Deliberate differences: the optimizers are gpunet's (PyTorch's formulation; the same as
-scikit-learn's up to where Adam adds epsilon and how momentum scales when the learning rate
-changes); ``loss_`` and ``loss_curve_`` add the L2 penalty at each epoch's last weights rather
-than at every minibatch's; the shuffles and splits draw from ``random_state`` in another
-order, so results are not scikit-learn's bit for bit. gpunet adds the solvers "adamw" and
-"rmsprop", ``lr_schedule``, ``weight_decay`` (AdamW's), ``clip_norm``, ``dtype`` and
-``backend``.
+The estimators' docstrings list the deliberate differences from scikit-learn's.
 
 Needs scikit-learn (``pip install 'gpunet[data]'``), which brings SciPy; ``import gpunet``
 never imports either.
@@ -138,6 +132,16 @@ _PARAMETERS_DOC = """
     model), ``n_features_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
     ``n_iter_``, ``t_``, ``loss_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
     ``best_validation_score_`` (None where they do not apply), and ``net_``, the ``gpunet.MLP``.
+
+    Differences from ``sklearn.neural_network``, all deliberate: the stochastic solvers are
+    gpunet's optimizers (PyTorch's formulation: Adam adds epsilon after the bias correction,
+    SGD's momentum buffer holds gradients and the current rate multiplies it, where
+    scikit-learn's holds past steps taken at past rates); ``loss_`` and ``loss_curve_``
+    add the L2 penalty at each epoch's last weights, not at every minibatch's; shuffles and
+    validation splits draw from ``random_state`` in another order. So "sgd" and "adam" fits
+    are close to scikit-learn's, not equal; L-BFGS (deterministic) lands on scikit-learn's
+    weights to rounding. Extensions: the solvers "adamw" and "rmsprop", ``lr_schedule``,
+    ``weight_decay``, ``clip_norm``, ``dtype`` and ``backend``.
 """
 
 

@@ -328,3 +328,44 @@ def test_a_refused_fit_leaves_the_fitted_model_whole():
     with pytest.raises(ValueError, match="sample_weight"):
         reg.fit(X, np.stack([y, y], axis=1).astype(float), sample_weight=np.zeros(len(y)))
     assert reg.n_outputs_ == 1 and reg.predict(X).shape == (len(y),)
+
+
+def test_multilabel_targets_through_pipeline_and_grid_search():
+    X, y = _digits()
+    # three overlapping labels per image: even, above four, a multiple of three
+    Y = np.stack([y % 2 == 0, y > 4, y % 3 == 0], axis=1).astype(int)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(max_iter=60, learning_rate_init=0.01, random_state=0))
+    grid = GridSearchCV(pipe, {"mlpclassifier__hidden_layer_sizes": [(16,), (32,)]}, cv=3).fit(X, Y)
+    best = grid.best_estimator_[-1]
+    assert best.out_activation_ == "logistic" and best.n_outputs_ == 3
+    pred = grid.predict(X)
+    assert pred.shape == Y.shape and set(np.unique(pred)) <= {0, 1}
+    proba = grid.predict_proba(X)
+    assert proba.shape == Y.shape and ((proba > 0) & (proba < 1)).all()
+    np.testing.assert_array_equal(pred, (proba > 0.5).astype(pred.dtype))
+    assert grid.best_score_ > 0.8   # subset accuracy: all three labels right
+
+
+@pytest.mark.parametrize("kind", ["strings", "integers"])
+def test_lbfgs_labels_of_any_type_in_grid_search(kind):
+    X, y = _digits(400)
+    labels = np.array([f"digit {d}" for d in range(10)]) if kind == "strings" else np.arange(10) * 7 - 20
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(solver="lbfgs", max_iter=50, random_state=0))
+    grid = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-1]}, cv=2).fit(X, labels[y])
+    assert set(grid.predict(X)) <= set(labels) and grid.best_score_ > 0.85
+    assert grid.score(X, labels[y]) > 0.95
+
+
+def test_lbfgs_fit_equals_scikit_learns():
+    """Same hyper-parameters, same random_state: L-BFGS (deterministic, full batch) lands on
+    scikit-learn's weights, here to ~1e-14 in float64."""
+    from sklearn.neural_network import MLPClassifier as Theirs
+    X, y = _digits(500)
+    X = StandardScaler().fit_transform(X)
+    ours = MLPClassifier(solver="lbfgs", max_iter=40, random_state=3).fit(X, y)
+    theirs = Theirs(solver="lbfgs", max_iter=40, random_state=3).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-10)
+    assert not hasattr(ours, "loss_curve_") and not hasattr(theirs, "loss_curve_")   # stochastic solvers only

@@ -24,7 +24,6 @@ struct Barrier { int arrived = 0; unsigned long gen = 0; int members = 0; };
 struct Fiber {
     ucontext_t ctx;            // only to start the fiber; switches use _setjmp/_longjmp
     jmp_buf jb;                // (no signal-mask system call per switch)
-    std::unique_ptr<char[]> stack;
     unsigned tx = 0, ty = 0;
     Barrier* waiting = nullptr;   // the barrier this fiber waits at, if any
     unsigned long wait_gen = 0;
@@ -34,6 +33,9 @@ constexpr size_t kStack = 256 * 1024;
 inline jmp_buf scheduler;
 inline ucontext_t scheduler_ctx;
 inline std::vector<Fiber> fibers;
+// Stacks outlive launches: a fresh 256 KiB per thread per launch cost an mmap, munmap and
+// page faults each time, most of the emulator's run time on small kernels.
+inline std::vector<std::unique_ptr<char[]>> stacks;
 inline Fiber* current = nullptr;
 inline Barrier block_barrier, block_end;
 inline std::vector<Barrier> warp_barriers;
@@ -81,12 +83,12 @@ inline int run(unsigned gx, unsigned gy, unsigned bx, unsigned by, const std::fu
     block_end = Barrier{0, 0, n};
     warp_barriers.assign(warps, Barrier{});
     for (int w = 0; w < warps; ++w) warp_barriers[w].members = std::min(32, n - 32 * w);
+    while (stacks.size() < static_cast<size_t>(n)) stacks.emplace_back(new char[kStack]);
     for (int t = 0; t < n; ++t) {
         Fiber& f = fibers[t];
-        f.stack.reset(new char[kStack]);
         f.tx = t % bx; f.ty = t / bx;
         getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack.get();
+        f.ctx.uc_stack.ss_sp = stacks[t].get();
         f.ctx.uc_stack.ss_size = kStack;
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, entry, 0);
