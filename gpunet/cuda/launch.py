@@ -142,6 +142,25 @@ def softmax(z, out):
     return out
 
 
+def _check_loss_operands(kernel, what, z, targets, grad, block_sums, loss_out) -> int:
+    """The operands an element-wise loss kernel shares (``z`` is named ``what``): z, targets,
+    grad (N, K) of one float dtype, float64 block_sums for the grid, a 0-d loss_out. Returns
+    the reduction grid."""
+    _check(what, z, ndim=2)
+    _check("targets", targets, dtype=z.dtype, ndim=2)
+    _check("grad", grad, dtype=z.dtype, ndim=2)
+    _check("block_sums", block_sums, dtype=np.float64, ndim=1)
+    _check("loss_out", loss_out, dtype=z.dtype, ndim=0)
+    if targets.shape != z.shape or grad.shape != z.shape:
+        raise ValueError(f"shapes disagree: {what} {z.shape}, targets {targets.shape}, grad {grad.shape}")
+    if z.size == 0:
+        raise ValueError(f"{kernel} needs at least one element")
+    grid = reduction_grid(z.size)
+    if block_sums.shape[0] < grid:
+        raise ValueError(f"block_sums needs {grid} entries, has {block_sums.shape[0]}")
+    return grid
+
+
 def mse_grad(a, targets, kind: int, p0: float, p1: float, grad, block_sums, loss_out):
     """MSE loss and its gradient at the output pre-activation.
 
@@ -149,21 +168,10 @@ def mse_grad(a, targets, kind: int, p0: float, p1: float, grad, block_sums, loss
     with ``reduction_grid(N*K)`` entries; loss_out 0-d receives ``1/(2N) sum (a - y)^2``.
     grad receives ``((a - y) / N) * f'(a)``. Two launches.
     """
-    _check("a", a, ndim=2)
-    _check("targets", targets, dtype=a.dtype, ndim=2)
-    _check("grad", grad, dtype=a.dtype, ndim=2)
-    _check("block_sums", block_sums, dtype=np.float64, ndim=1)
-    _check("loss_out", loss_out, dtype=a.dtype, ndim=0)
-    if targets.shape != a.shape or grad.shape != a.shape:
-        raise ValueError(f"shapes disagree: a {a.shape}, targets {targets.shape}, grad {grad.shape}")
     if kind not in _KERNEL_IDS:
         raise ValueError(f"no mse_grad kernel for activation kind {kind}")
+    grid = _check_loss_operands("mse_grad", "a", a, targets, grad, block_sums, loss_out)
     rows, cols = a.shape
-    if a.size == 0:
-        raise ValueError("mse_grad needs at least one element")
-    grid = reduction_grid(a.size)
-    if block_sums.shape[0] < grid:
-        raise ValueError(f"block_sums needs {grid} entries, has {block_sums.shape[0]}")
     fn = sources.get_kernel("mse", f"mse_grad_{_suffix(a.dtype)}")
     fn((grid,), (BLOCK,), (a, targets, np.int64(rows), np.int64(cols), np.int32(kind),
                            _scalar(a.dtype, p0), _scalar(a.dtype, p1), grad, block_sums))
@@ -181,23 +189,12 @@ def canonical_loss(name, logits, targets, row_scale, grad, block_sums, loss_out)
     grad receives ``(f(z) - y) / N`` (times row_scale). Two launches."""
     if name not in CANONICAL_LOSSES:
         raise ValueError(f"no canonical-loss kernel {name!r}; choose from {', '.join(CANONICAL_LOSSES)}")
-    _check("logits", logits, ndim=2)
-    _check("targets", targets, dtype=logits.dtype, ndim=2)
-    _check("grad", grad, dtype=logits.dtype, ndim=2)
-    _check("block_sums", block_sums, dtype=np.float64, ndim=1)
-    _check("loss_out", loss_out, dtype=logits.dtype, ndim=0)
-    if targets.shape != logits.shape or grad.shape != logits.shape:
-        raise ValueError(f"shapes disagree: logits {logits.shape}, targets {targets.shape}, grad {grad.shape}")
+    grid = _check_loss_operands(name, "logits", logits, targets, grad, block_sums, loss_out)
     rows, cols = logits.shape
-    if logits.size == 0:
-        raise ValueError(f"{name} needs at least one element")
     if row_scale is not None:
         _check("row_scale", row_scale, dtype=logits.dtype, ndim=1)
         if row_scale.shape[0] != rows:
             raise ValueError(f"row_scale has {row_scale.shape[0]} entries for {rows} rows")
-    grid = reduction_grid(logits.size)
-    if block_sums.shape[0] < grid:
-        raise ValueError(f"block_sums needs {grid} entries, has {block_sums.shape[0]}")
     fn = sources.get_kernel("canonical_losses", f"{name}_{_suffix(logits.dtype)}")
     fn((grid,), (BLOCK,), (logits, targets, grad if row_scale is None else row_scale, np.int32(row_scale is not None),
                            np.int64(rows), np.int64(cols), grad, block_sums))
