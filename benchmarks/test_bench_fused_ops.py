@@ -25,7 +25,7 @@ VARIANTS = ["fused", "unfused"]
 def _check_and_time(benchmark, measure, backend, variant, *, case, size, nbytes, fused, unfused, check,
                     setup=None):
     """Check both compositions against the reference, then time ``variant``; a fused one
-    ("fused", or a kernel variant such as "fused-registers") runs with the unfused one as
+    ("fused", or a kernel variant such as "fused-shared") runs with the unfused one as
     its alternating partner."""
     sync = device_sync(backend.name)
     is_fused = variant != "unfused"
@@ -61,15 +61,15 @@ def _softmax_xent_unfused(xp, logits, labels):
     return loss, (probs - onehot) / n
 
 
-@pytest.mark.parametrize("variant", VARIANTS + ["fused-registers"])
+@pytest.mark.parametrize("variant", VARIANTS + ["fused-shared"])
 @pytest.mark.parametrize("size", params_of(SOFTMAX_SIZES))
 def test_softmax_xent(benchmark, measure, backend, size, variant, monkeypatch):
     n, c = size.shape
-    if variant == "fused-registers":
-        # the long-row kernels side by side: rows kept in registers instead of shared memory
+    if variant == "fused-shared":
+        # the long-row kernels side by side: rows kept in shared memory instead of registers
         if backend.name != "cupy" or c <= layout.WARP_ROW_MAX_COLS:
             pytest.skip("the long-row variants are CUDA kernels for rows over 1024 columns")
-        monkeypatch.setenv("GPUNET_LONG_ROWS", "registers")
+        monkeypatch.setenv("GPUNET_LONG_ROWS", "shared")
     rng = np.random.default_rng(1)
     logits_host = 3 * rng.standard_normal((n, c), dtype=DTYPE)
     labels_host = rng.integers(0, c, n).astype(np.int64)

@@ -38,7 +38,7 @@ CASES = {
     "sgd_update": "SGD momentum + weight decay over the flat parameter buffer",
     "sklearn_fit": "gpunet.sklearn against sklearn.neural_network: fit() with the same hyper-parameters",
 }
-_IMPL_ORDER = ["gpunet", "fused", "fused-registers", "unfused", "torch-eager", "torch-compile"]
+_IMPL_ORDER = ["gpunet", "fused", "fused-shared", "unfused", "torch-eager", "torch-compile"]
 _TIER_ORDER = ["small", "medium", "large"]
 _PEERS = ["torch-eager", "torch-compile"]
 
@@ -341,9 +341,9 @@ def render_markdown(rows, machine_info, title="") -> str:
                "step not spent in its GEMMs: the step's own GEMMs (same operands and buffers) are "
                "replayed alone in rounds alternating with the step and nothing else. *public/bare* (mlp_predict) is "
                "``predict_proba``'s time over the bare forward pass and softmax it wraps, per alternating round: "
-               "what its input checks and thread-safe buffers cost. *fused-registers* is the CUDA variant for rows over "
-               "1024 columns that keeps each row in registers (GPUNET_LONG_ROWS=registers) beside the "
-               "default, which keeps it in shared memory. On a GPU, *host time to queue* is how long the "
+               "what its input checks and thread-safe buffers cost. *fused-shared* is the CUDA variant for rows over "
+               "1024 columns that keeps each row in shared memory (GPUNET_LONG_ROWS=shared) beside the "
+               "default, which keeps it in registers. On a GPU, *host time to queue* is how long the "
                "host takes to launch one call: near the median, launch overhead bounds the case.")
     out.append("")
     ceil_rows = sorted((r for r in rows if r["case"] == "ceiling"),

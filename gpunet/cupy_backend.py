@@ -183,12 +183,21 @@ class CupyBackend(NumpyBackend):
         p0, p1 = act.kernel_params
         return launch.bias_act(z, b, kind, p0, p1)
 
-    def act_backward(self, grad, a, act):
+    def act_backward(self, grad, a, act, bias_grad=None):
         kind = kernel_id_of(act)
         if kind is None or not _fusable(grad, a) or grad.shape != a.shape or not _same_or_disjoint(grad, a):
-            return super().act_backward(grad, a, act)
+            return super().act_backward(grad, a, act, bias_grad)
         p0, p1 = act.kernel_params
-        return launch.act_backward(grad, a, kind, p0, p1)
+        if bias_grad is None:
+            return launch.act_backward(grad, a, kind, p0, p1)
+        if (grad.ndim != 2 or not _fusable(grad, bias_grad) or bias_grad.shape != grad.shape[1:]
+                or cupy.may_share_memory(bias_grad, grad) or cupy.may_share_memory(bias_grad, a)):
+            launch.act_backward(grad, a, kind, p0, p1)
+            self.bias_grad(grad, out=bias_grad)
+            return grad
+        chunks, _ = layout.column_sums_chunks(*grad.shape)
+        partial = self._scratch("column_sums", max(1, chunks * grad.shape[1]))
+        return launch.act_backward_colsum(grad, a, kind, p0, p1, bias_grad, partial)
 
     def bias_grad(self, delta, out=None):
         if not _fusable(delta) or delta.ndim != 2:
@@ -211,24 +220,24 @@ class CupyBackend(NumpyBackend):
             return super().softmax(z, out=out)
         return launch.softmax(z, out)
 
-    def softmax_xent(self, logits, labels, grad_out, row_scale=None):
+    def softmax_xent(self, logits, labels, grad_out, row_scale=None, *, bias=None, hits=None):
+        rows = logits.shape[0] if getattr(logits, "ndim", 0) == 2 else -1
         if (not _fusable(logits, grad_out) or logits.ndim != 2 or grad_out.shape != logits.shape
                 or not isinstance(labels, cupy.ndarray) or labels.ndim != 1 or labels.dtype.kind not in "iu"
-                or labels.shape[0] != logits.shape[0] or logits.size == 0
+                or labels.shape[0] != rows or logits.size == 0
                 or not _same_or_disjoint(logits, grad_out)
-                or (row_scale is not None and not isinstance(row_scale, cupy.ndarray))):
-            return super().softmax_xent(logits, labels, grad_out, row_scale)
+                or (row_scale is not None and not (_fusable(row_scale, logits) and row_scale.shape == (rows,)))
+                or (bias is not None and not (_fusable(bias, logits) and bias.shape == logits.shape[1:]))
+                or (hits is not None and not (isinstance(hits, cupy.ndarray) and hits.shape == (rows,)
+                                              and hits.dtype in (np.uint8, np.bool_) and hits.flags.c_contiguous))):
+            return super().softmax_xent(logits, labels, grad_out, row_scale, bias=bias, hits=hits)
         if labels.dtype != np.int64 or not labels.flags.c_contiguous:
             labels = cupy.ascontiguousarray(labels, dtype=np.int64)
-        rows = logits.shape[0]
         row_loss = self._scratch("row_loss", rows)
         loss = cupy.empty((), dtype=logits.dtype)   # fresh: the caller may keep it
-        loss = launch.softmax_xent(logits, labels, grad_out, row_loss, loss)
-        if row_scale is None:
-            return loss
-        # weighted examples: the kernel's per-row losses and gradient rows, scaled after it
-        grad_out *= row_scale[:, None]
-        return (row_loss @ row_scale.astype(np.float64) / rows).astype(logits.dtype)
+        return launch.softmax_xent(logits, labels, grad_out, row_loss, loss, self._arrivals(), bias=bias,
+                                   row_scale=row_scale,
+                                   hits=None if hits is None else hits.view(np.uint8))
 
     def activate(self, z, act):
         if not act.elementwise:
@@ -239,43 +248,96 @@ class CupyBackend(NumpyBackend):
         p0, p1 = act.kernel_params
         return launch.bias_act(z, self._constant_zeros(z.shape[1], z.dtype), kind, p0, p1)
 
-    def _canonical_loss(self, name, logits, targets, grad_out, row_scale):
-        """The fused kernel when the arrays suit it, else None (the caller falls back)."""
-        if (not _fusable(logits, targets, grad_out) or logits.ndim != 2 or logits.size == 0
-                or targets.shape != logits.shape or grad_out.shape != logits.shape
-                or not _same_or_disjoint(logits, grad_out) or cupy.may_share_memory(targets, grad_out)
-                or (row_scale is not None and (not _fusable(row_scale, logits) or row_scale.ndim != 1))):
-            return None
-        block_sums = self._scratch("block_sums", layout.reduction_grid(logits.size))
-        loss = cupy.empty((), dtype=logits.dtype)
-        return launch.canonical_loss(name, logits, targets, row_scale, grad_out, block_sums, loss)
+    @staticmethod
+    def _element_loss_fusable(z, targets, grad_out, row_scale, bias) -> bool:
+        """Whether an element-wise loss kernel takes these arrays (else the reference runs)."""
+        return (_fusable(z, targets, grad_out) and z.ndim == 2 and z.size > 0
+                and targets.shape == z.shape and grad_out.shape == z.shape
+                and _same_or_disjoint(z, grad_out) and not cupy.may_share_memory(targets, grad_out)
+                and (row_scale is None or (_fusable(row_scale, z) and row_scale.shape == z.shape[:1]))
+                and (bias is None or (_fusable(bias, z) and bias.shape == z.shape[1:])))
 
-    def sigmoid_bce(self, logits, targets, grad_out, row_scale=None):
-        loss = self._canonical_loss("sigmoid_bce", logits, targets, grad_out, row_scale)
-        return super().sigmoid_bce(logits, targets, grad_out, row_scale) if loss is None else loss
+    def sigmoid_bce(self, logits, targets, grad_out, row_scale=None, *, bias=None, hits=None):
+        if not self._element_loss_fusable(logits, targets, grad_out, row_scale, bias) or (
+                hits is not None and not (isinstance(hits, cupy.ndarray) and hits.shape == logits.shape
+                                          and hits.dtype in (np.uint8, np.bool_) and hits.flags.c_contiguous)):
+            return super().sigmoid_bce(logits, targets, grad_out, row_scale, bias=bias, hits=hits)
+        return launch.canonical_loss("sigmoid_bce", logits, targets, row_scale, grad_out, *self._loss_scratch(logits),
+                                     bias=bias, hits=None if hits is None else hits.view(np.uint8))
 
-    def poisson_exp(self, logits, targets, grad_out, row_scale=None):
-        loss = self._canonical_loss("poisson_exp", logits, targets, grad_out, row_scale)
-        return super().poisson_exp(logits, targets, grad_out, row_scale) if loss is None else loss
+    def poisson_exp(self, logits, targets, grad_out, row_scale=None, *, bias=None):
+        if not self._element_loss_fusable(logits, targets, grad_out, row_scale, bias):
+            return super().poisson_exp(logits, targets, grad_out, row_scale, bias=bias)
+        return launch.canonical_loss("poisson_exp", logits, targets, row_scale, grad_out, *self._loss_scratch(logits),
+                                     bias=bias)
 
-    def mse_grad(self, a, targets, act, grad_out, row_scale=None):
+    def mse_grad(self, a, targets, act, grad_out, row_scale=None, *, bias=None):
         kind = kernel_id_of(act)
-        if (kind is None or not _fusable(a, targets, grad_out) or a.ndim != 2 or a.size == 0
-                or targets.shape != a.shape or grad_out.shape != a.shape or row_scale is not None
-                or not _same_or_disjoint(a, grad_out) or cupy.may_share_memory(targets, grad_out)):
-            # weighted examples take the reference chain (the kernel sums over all elements)
-            return super().mse_grad(a, targets, act, grad_out, row_scale)
+        if kind is None or not self._element_loss_fusable(a, targets, grad_out, row_scale, bias):
+            return super().mse_grad(a, targets, act, grad_out, row_scale, bias=bias)
         p0, p1 = act.kernel_params
-        block_sums = self._scratch("block_sums", layout.reduction_grid(a.size))
-        loss = cupy.empty((), dtype=a.dtype)
-        return launch.mse_grad(a, targets, kind, p0, p1, grad_out, block_sums, loss)
+        return launch.mse_grad(a, targets, kind, p0, p1, grad_out, *self._loss_scratch(a), row_scale=row_scale,
+                               bias=bias)
+
+    def _loss_scratch(self, z):
+        """(block_sums, loss_out, arrivals) of an element-wise reduction over z in one launch:
+        the thread's scratch and counter, and a fresh 0-d result (the caller may keep it)."""
+        return (self._scratch("block_sums", layout.reduction_grid(z.size)), cupy.empty((), dtype=z.dtype),
+                self._arrivals())
+
+    def _arrivals(self):
+        """This thread's zeroed counter for one-launch reductions (the last block resets it)."""
+        key = ("arrivals", cupy.cuda.runtime.getDevice())
+        counters = getattr(self._per_thread, "counters", None)
+        if counters is None:
+            counters = self._per_thread.counters = {}
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = cupy.zeros(1, dtype=np.uint32)
+        return counter
 
     # ---- optimizer ----------------------------------------------------------------
     def sumsq(self, x):
         if not _fusable(x):
             return super().sumsq(x)
-        block_sums = self._scratch("block_sums", layout.reduction_grid(x.size))
-        return launch.sumsq(x, block_sums, cupy.empty((), dtype=x.dtype))
+        return launch.sumsq(x, *self._loss_scratch(x))
+
+    # ---- the bookkeeping of a fit step --------------------------------------------
+    def gather_rows(self, idx, srcs, outs):
+        if (not isinstance(idx, cupy.ndarray) or idx.ndim != 1 or idx.dtype.kind not in "iu"
+                or not all(isinstance(a, cupy.ndarray) and a.flags.c_contiguous and a.itemsize % 4 == 0
+                           for a in (*srcs, *outs))
+                or any(o.dtype != a.dtype or o.shape[1:] != a.shape[1:] for a, o in zip(srcs, outs))
+                or not 1 <= len(srcs) <= 3):
+            return super().gather_rows(idx, srcs, outs)
+        if idx.dtype != np.int64 or not idx.flags.c_contiguous:
+            idx = cupy.ascontiguousarray(idx, dtype=np.int64)
+        return launch.gather_rows(idx, srcs, outs)
+
+    def finish_step(self, loss, grads, sums, bad, scale, *, batch_weight, clip_norm, hits=None):
+        weighted = isinstance(batch_weight, cupy.ndarray)
+        if (not _fusable(loss, grads, scale) or loss.ndim != 0 or grads.ndim != 1
+                or not isinstance(bad, cupy.ndarray) or bad.dtype != np.bool_ or bad.ndim != 0
+                or not _fusable(sums) or sums.dtype != np.float64
+                or (weighted and (batch_weight.ndim != 0 or batch_weight.dtype != loss.dtype))
+                or (hits is not None and (not isinstance(hits, cupy.ndarray) or hits.ndim != 2
+                                          or hits.dtype not in (np.uint8, np.bool_) or not hits.flags.c_contiguous))):
+            return super().finish_step(loss, grads, sums, bad, scale, batch_weight=batch_weight,
+                                       clip_norm=clip_norm, hits=hits)
+        if hits is not None and hits.dtype == np.bool_:
+            hits = hits.view(np.uint8)
+        grad_parts = None
+        if grads.size > launch.FINISH_SINGLE_BLOCK_MAX:
+            grad_parts = self._scratch("block_sums", layout.reduction_grid(grads.size))
+        return launch.finish_step(loss, grads, sums, bad, scale, batch_weight=batch_weight, clip_norm=clip_norm,
+                                  hits=hits, grad_parts=grad_parts)
+
+    def squared_error_sums(self, out, targets, sums, *, exp_outputs=False):
+        if (not _fusable(out, targets) or out.ndim != 2 or targets.shape != out.shape
+                or not isinstance(sums, cupy.ndarray) or sums.dtype != np.float64 or sums.shape != out.shape[1:]
+                or not sums.flags.c_contiguous):
+            return super().squared_error_sums(out, targets, sums, exp_outputs=exp_outputs)
+        return launch.squared_error_sums(out, targets, sums, exp_outputs=exp_outputs)
 
     def sgd_update(self, params, grads, velocity, hyper, *, n_decay, scale, skip):
         arrays = (params, grads, velocity) if hyper.momentum else (params, grads)
@@ -308,16 +370,22 @@ class CupyBackend(NumpyBackend):
             scale = cupy.full((), float(scale), dtype=dtype)
         return scale, skip
 
-    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip):
+    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip, skipped=None):
         arrays = (params, grads, exp_avg, exp_avg_sq)
-        if not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays):
+        if (not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays)
+                or (skipped is not None and not (isinstance(skipped, cupy.ndarray) and skipped.dtype == np.int64
+                                                 and skipped.size == 1))):
             return super().adam_update(params, grads, exp_avg, exp_avg_sq, hyper, step=step, n_decay=n_decay,
-                                       scale=scale, skip=skip)
+                                       scale=scale, skip=skip, skipped=skipped)
         flags = self._device_scale_and_skip(scale, skip, params.dtype)
         if flags is None:
+            if skipped is not None:
+                skipped += 1
             return params
         return launch.adam_update(params, grads, exp_avg, exp_avg_sq, hyper, step=int(step), n_decay=int(n_decay),
-                                  scale=flags[0], skip=flags[1])
+                                  scale=flags[0], skip=flags[1],
+                                  skipped=self._constant(0, np.int64) if skipped is None else skipped.reshape(()),
+                                  count_skips=skipped is not None)
 
     def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip):
         arrays = [params, grads, square_avg] + ([grad_avg] if hyper.centered else []) \

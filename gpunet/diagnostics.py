@@ -105,4 +105,72 @@ def parity_check(seed: int = 0) -> list[dict]:
         gpu.rmsprop_update(p_gpu, cupy.asarray(gr), s_gpu, m_gpu, v_gpu, rmsprop, scale=half["gpu"], **flags)
         record("rmsprop_update params", dtype, p_gpu, p_ref)
         record("rmsprop_update momentum", dtype, v_gpu, v_ref)
+        _losses_and_fit_step(rng, ref, gpu, dtype, record)
     return rows
+
+
+def _losses_and_fit_step(rng, ref, gpu, dtype, record):
+    """The canonical losses, and what a fit step fuses: the logits' bias and the hits inside
+    the losses, a hidden layer's delta with its bias gradient, the batch gather, the finish."""
+    z = rng.normal(scale=3.0, size=(45, 6)).astype(dtype)
+    b = rng.normal(size=6).astype(dtype)
+    scale = rng.uniform(0.5, 2.0, size=45).astype(dtype)
+    for name, y in (("sigmoid_bce", (rng.random(z.shape) < 0.4).astype(dtype)),
+                    ("poisson_exp", rng.poisson(2.0, size=z.shape).astype(dtype))):
+        extra = {"hits": None} if name == "sigmoid_bce" else {}
+        want_z, want_g = z.copy(), np.empty_like(z)
+        got_z, got_g = cupy.asarray(z), cupy.empty(z.shape, dtype)
+        if extra:
+            extra_ref, extra_gpu = {"hits": np.empty(z.shape, np.uint8)}, {"hits": cupy.empty(z.shape, np.uint8)}
+        else:
+            extra_ref = extra_gpu = {}
+        loss_ref = getattr(ref, name)(want_z, y, want_g, scale, bias=b, **extra_ref)
+        loss_gpu = getattr(gpu, name)(got_z, cupy.asarray(y), got_g, cupy.asarray(scale), bias=cupy.asarray(b),
+                                      **extra_gpu)
+        record(f"{name} loss [bias, row_scale]", dtype, loss_gpu, loss_ref)
+        record(f"{name} grad [bias, row_scale]", dtype, got_g, want_g)
+        record(f"{name} logits [bias]", dtype, got_z, want_z)
+        if extra:
+            record(f"{name} hits", dtype, extra_gpu["hits"], extra_ref["hits"])
+    labels = rng.integers(0, 6, size=45)
+    want_z, want_g, want_h = z.copy(), np.empty_like(z), np.empty(45, np.uint8)
+    loss_ref = ref.softmax_xent(want_z, labels, want_g, scale, bias=b, hits=want_h)
+    got_z, got_g, got_h = cupy.asarray(z), cupy.empty(z.shape, dtype), cupy.empty(45, np.uint8)
+    loss_gpu = gpu.softmax_xent(got_z, cupy.asarray(labels), got_g, cupy.asarray(scale), bias=cupy.asarray(b),
+                                hits=got_h)
+    record("softmax_xent loss [bias, row_scale]", dtype, loss_gpu, loss_ref)
+    record("softmax_xent grad [bias, row_scale]", dtype, got_g, want_g)
+    record("softmax_xent hits", dtype, got_h, want_h)
+    act = Tanh()
+    for shape in ((67, 131), (700, 131)):      # one launch, then past the one-pass size
+        a = act.forward(np, rng.normal(size=shape).astype(dtype))
+        g = rng.normal(size=shape).astype(dtype)
+        want_bias = np.empty(shape[1], dtype)
+        want = ref.act_backward(g.copy(), a.astype(np.float64), act, bias_grad=want_bias.astype(np.float64))
+        got, got_bias = cupy.asarray(g), cupy.empty(shape[1], dtype)
+        gpu.act_backward(got, cupy.asarray(a), act, bias_grad=got_bias)
+        record(f"act_backward + bias_grad delta [{shape[0]}x{shape[1]}]", dtype, got, want)
+        record(f"act_backward + bias_grad bias [{shape[0]}x{shape[1]}]", dtype, got_bias,
+               ref.bias_grad(want.astype(np.float64)))
+    x, y_all, idx = rng.normal(size=(90, 13)).astype(dtype), rng.integers(0, 6, size=90), rng.integers(0, 90, 33)
+    got = gpu.gather_rows(cupy.asarray(idx), [cupy.asarray(x), cupy.asarray(y_all)],
+                          [cupy.empty((33, 13), dtype), cupy.empty(33, np.int64)])
+    record("gather_rows features", dtype, got[0], x[idx])
+    record("gather_rows labels", dtype, got[1], y_all[idx])
+    grads = rng.normal(size=5003).astype(dtype)
+    hits = (rng.random((45, 1)) < 0.5).astype(np.uint8)
+    sums_ref, bad_ref, scale_ref = np.zeros(2), np.zeros((), bool), np.zeros((), dtype)
+    ref.finish_step(dtype(0.7), grads.astype(np.float64), sums_ref, bad_ref, scale_ref, batch_weight=45,
+                    clip_norm=2.0, hits=hits)
+    sums_gpu, bad_gpu, scale_gpu = cupy.zeros(2), cupy.zeros((), bool), cupy.zeros((), dtype)
+    gpu.finish_step(cupy.full((), 0.7, dtype), cupy.asarray(grads), sums_gpu, bad_gpu, scale_gpu, batch_weight=45,
+                    clip_norm=2.0, hits=cupy.asarray(hits))
+    record("finish_step sums", dtype, sums_gpu, sums_ref)
+    record("finish_step clip scale", dtype, scale_gpu, scale_ref)
+    record("finish_step finite flag", dtype, bad_gpu, bad_ref)
+    out, y = rng.normal(size=(45, 6)).astype(dtype), rng.normal(size=(45, 6)).astype(dtype)
+    for exp_outputs in (False, True):
+        record(f"squared_error_sums [{'exp' if exp_outputs else 'identity'}]", dtype,
+               gpu.squared_error_sums(cupy.asarray(out), cupy.asarray(y), cupy.zeros(6), exp_outputs=exp_outputs),
+               ref.squared_error_sums(out.astype(np.float64), y.astype(np.float64), np.zeros(6),
+                                      exp_outputs=exp_outputs))

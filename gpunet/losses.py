@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import labels_of, predicted_labels
 from .validation import check_binary_targets, check_labels, check_targets
 
 __all__ = ["CrossEntropy", "BinaryCrossEntropy", "Poisson", "MeanSquaredError", "LOSSES", "get_loss",
@@ -52,9 +53,22 @@ class Loss:
     required_output: str | None = None   # the output activation the loss needs, by name
     label_rule: str | None = None     # classifiers: "argmax" (one class) or "threshold" (K yes/no)
 
-    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None):
-        """Mean loss (0-d backend array) of the batch; writes delta_L into ``delta``."""
+    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None, *, bias=None, hits=None):
+        """Mean loss (0-d backend array) of the batch; writes delta_L into ``delta``.
+
+        ``row_scale`` (N,): per-example factors (sample weights, see NumpyBackend). What a fit
+        step adds: ``bias`` (K,), the output layer's bias, which the forward pass then leaves
+        to the loss with ``out`` holding ``A W`` (the loss adds it in place, and applies the
+        output activation where it does not fold it in, in its kernel where it has one, so
+        ``out`` ends holding what the loss took); ``hits`` (N, k) uint8 of a classifier
+        receives whether each of a row's predicted labels is right.
+        """
         raise NotImplementedError
+
+    def add_squared_errors(self, backend, out, targets, sums):
+        """A regressor's running metric: ``sums`` (K,) float64 += the per-output squared
+        error of the predictions made from ``out`` (what the loss takes)."""
+        return backend.squared_error_sums(out, targets, sums)
 
     def validate_targets(self, y, n_examples, n_outputs, name="y", dtype=None) -> np.ndarray:
         """The targets checked on the host, in the form ``loss_and_delta`` takes."""
@@ -66,6 +80,11 @@ class Loss:
             backend.activate(out, out_act)
         return out
 
+    def _hits(self, out, targets, hits):
+        """``hits`` (N, k) <- whether each label predicted from the logits ``out`` is right."""
+        right = predicted_labels(out, self.label_rule) == labels_of(targets, self.label_rule)
+        hits[...] = right.reshape(hits.shape)
+
 
 class CrossEntropy(Loss):
     name = "cross_entropy"
@@ -74,12 +93,18 @@ class CrossEntropy(Loss):
     required_output = "softmax"
     label_rule = "argmax"
 
-    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None):
-        """out: logits (N, K); targets: int labels (N,) or one-hot (N, K). Writes delta.
-        ``row_scale`` (N,): per-example factors (sample weights, see NumpyBackend)."""
-        if targets.ndim == 1:
-            return backend.softmax_xent(out, targets, delta, row_scale)
-        return backend.softmax_xent_onehot(out, targets, delta, row_scale)
+    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None, *, bias=None, hits=None):
+        """out: logits (N, K); targets: int labels (N,) or one-hot (N, K). Writes delta;
+        ``hits`` (N, 1)."""
+        if targets.ndim == 1:      # the common case: bias and hits inside the fused kernel
+            return backend.softmax_xent(out, targets, delta, row_scale, bias=bias,
+                                        hits=None if hits is None else hits[:, 0])
+        if bias is not None:
+            out += bias
+        loss = backend.softmax_xent_onehot(out, targets, delta, row_scale)
+        if hits is not None:
+            self._hits(out, targets, hits)
+        return loss
 
     def validate_targets(self, y, n_examples, n_outputs, name="y", dtype=None):
         return check_labels(y, n_examples, n_outputs, name=name)
@@ -92,9 +117,10 @@ class BinaryCrossEntropy(Loss):
     required_output = "sigmoid"
     label_rule = "threshold"
 
-    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None):
-        """out: logits (N, K); targets (N, K) in [0, 1]. Writes delta = (s(z) - y) / N."""
-        return backend.sigmoid_bce(out, targets, delta, row_scale)
+    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None, *, bias=None, hits=None):
+        """out: logits (N, K); targets (N, K) in [0, 1]. Writes delta = (s(z) - y) / N;
+        ``hits`` (N, K)."""
+        return backend.sigmoid_bce(out, targets, delta, row_scale, bias=bias, hits=hits)
 
     def validate_targets(self, y, n_examples, n_outputs, name="y", dtype=None):
         return check_binary_targets(y, n_examples, n_outputs, name=name)
@@ -105,9 +131,12 @@ class Poisson(Loss):
     needs_output_activation = False
     required_output = "exp"
 
-    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None):
+    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None, *, bias=None, hits=None):
         """out: logits z = log(mean) (N, K); targets (N, K) >= 0. Writes delta = (exp(z) - y) / N."""
-        return backend.poisson_exp(out, targets, delta, row_scale)
+        return backend.poisson_exp(out, targets, delta, row_scale, bias=bias)
+
+    def add_squared_errors(self, backend, out, targets, sums):
+        return backend.squared_error_sums(out, targets, sums, exp_outputs=True)   # the mean exp(z)
 
     def validate_targets(self, y, n_examples, n_outputs, name="y", dtype=None):
         arr = check_targets(y, n_examples, n_outputs, name=name, dtype=dtype)
@@ -120,9 +149,10 @@ class Poisson(Loss):
 class MeanSquaredError(Loss):
     name = "mse"
 
-    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None):
-        """out: activated output a (N, K); targets (N, K). Writes delta."""
-        return backend.mse_grad(out, targets, out_act, delta, row_scale)
+    def loss_and_delta(self, backend, out, targets, out_act, delta, row_scale=None, *, bias=None, hits=None):
+        """out: activated output a (N, K), or with ``bias`` the output layer's ``A W``;
+        targets (N, K). Writes delta."""
+        return backend.mse_grad(out, targets, out_act, delta, row_scale, bias=bias)
 
     def validate_targets(self, y, n_examples, n_outputs, name="y", dtype=None):
         return check_targets(y, n_examples, n_outputs, name=name, dtype=dtype)

@@ -1,7 +1,8 @@
 """Metrics: accuracy and the coefficient of determination R^2, in one place.
 
-``fit`` keeps running sums on the device during an epoch (``batch_metric_sum``, no host
-sync) and turns them into the epoch's figure once (``metric_from_sums``); ``score`` and the
+``fit`` keeps running sums on the device during an epoch (a classifier's right predictions,
+a regressor's squared errors per output: see ``gpunet.train.TrainingStep``; no host sync)
+and turns them into the epoch's figure once (``metric_from_sums``); ``score`` and the
 validation data use ``accuracy`` and ``r2_score`` on whole arrays. Both paths compute R^2
 as scikit-learn does: per output column, then averaged.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["accuracy", "r2_score", "r2_from_sums", "total_sum_of_squares", "metric_name", "labels_of",
-           "predicted_labels", "batch_metric_sum", "metric_from_sums"]
+           "predicted_labels", "metric_from_sums"]
 
 
 def metric_name(is_classifier: bool) -> str:
@@ -68,19 +69,8 @@ def r2_score(targets, pred) -> float:
     return r2_from_sums(((targets - pred) ** 2).sum(axis=0), total_sum_of_squares(targets))
 
 
-def batch_metric_sum(outputs, targets, label_rule):
-    """The running metric of a batch as a device array (no host sync): the count of rows
-    predicted right by a classifier (``label_rule`` "argmax" or "threshold"; ``outputs`` the
-    logits its loss takes), or, with ``label_rule`` None, the per-output squared error."""
-    if label_rule is None:
-        diff = outputs - targets
-        return (diff * diff).sum(axis=0)
-    hits = predicted_labels(outputs, label_rule) == labels_of(targets, label_rule)
-    return (hits.all(axis=1) if hits.ndim == 2 else hits).sum()
-
-
 def metric_from_sums(metric_sum, n_examples: int, ss_tot) -> float:
-    """The epoch's metric from the summed ``batch_metric_sum`` values (host): accuracy when
+    """The epoch's metric from fit's running sums (host): accuracy when
     ``ss_tot`` is None, else R^2 with the targets' per-output ``ss_tot``."""
     if ss_tot is None:
         return float(metric_sum) / n_examples

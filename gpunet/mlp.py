@@ -269,37 +269,47 @@ class MLP:
         step): readers wait, and see the parameters before or after, never between."""
         return self._guard.writing()
 
-    def forward_into(self, x, ws):
+    def forward_into(self, x, ws, leave_output_to_loss=False):
         """Fill ``ws.acts`` with A_1..A_L for the backend array x (N, n_0); returns
         ``ws.output``, which holds what the loss takes: the logits when the softmax is folded
-        into the cross-entropy, else the activated output."""
+        into the cross-entropy, else the activated output. With ``leave_output_to_loss`` the
+        output layer stops at ``A_{L-1} W_L``: its bias (and activation) are applied by the
+        loss, in its kernel (``loss_and_grad_into``)."""
         be = self.backend
         a = x
         last = self.n_layers - 1
         activate_output = self.loss_fn.needs_output_activation
         for l, (w, b, act) in enumerate(zip(self.weights, self.biases, self.activations)):
             z = be.matmul(a, w, out=ws.acts[l])
-            if l == last and not activate_output:
-                z += b
-            else:
-                be.bias_act(z, b, act)
+            if l < last or not leave_output_to_loss:
+                if l == last and not activate_output:
+                    z += b
+                else:
+                    be.bias_act(z, b, act)
             a = z
         return a
 
     def backward_into(self, x, ws):
-        """Fill ``ws.flat_grads`` from delta_L (``ws.deltas[-1]``) back to the input; x is A_0."""
+        """Fill ``ws.flat_grads`` from delta_L (``ws.deltas[-1]``) back to the input; x is A_0.
+
+        Layer l's gradients are ``dW_l = A_{l-1}^T delta_l`` and ``db_l`` = the column sums of
+        delta_l; ``delta_{l-1} = (delta_l W_l^T) * f'(A_{l-1})`` is computed together with its
+        column sums, the bias gradient of layer l - 1 (one pass over it, one launch on a GPU).
+        """
         be = self.backend
-        for l in range(self.n_layers - 1, -1, -1):
+        last = self.n_layers - 1
+        be.bias_grad(ws.deltas[last], out=ws.bias_grads[last])
+        for l in range(last, -1, -1):
             delta = ws.deltas[l]
             a_prev = x if l == 0 else ws.acts[l - 1]
             be.matmul(a_prev.T, delta, out=ws.weight_grads[l])
-            be.bias_grad(delta, out=ws.bias_grads[l])
             if l > 0:
                 grad_prev = be.matmul(delta, self.weights[l].T, out=ws.deltas[l - 1])
-                be.act_backward(grad_prev, ws.acts[l - 1], self.hidden_activations[l - 1])
+                be.act_backward(grad_prev, ws.acts[l - 1], self.hidden_activations[l - 1],
+                                bias_grad=ws.bias_grads[l - 1])
         return ws.flat_grads
 
-    def loss_and_grad_into(self, x, targets, ws, row_scale=None, include_decay=True):
+    def loss_and_grad_into(self, x, targets, ws, row_scale=None, include_decay=True, hits=None):
         """One batched forward and backward pass: returns the mean loss as a 0-d backend
         array (no host sync) and leaves its gradient in ``ws.flat_grads``.
 
@@ -307,11 +317,13 @@ class MLP:
         regression targets (N, K) of the model dtype; row_scale (N,) of the model dtype or
         None: per-example factors of the loss (``row_scale_from_weights``). With
         ``include_decay`` the L2 term is in the loss and the gradient (``fit`` leaves it to
-        the optimizer instead).
+        the optimizer instead). A classifier's ``hits`` (N, k) uint8 receives which of its
+        predictions were right (``fit``'s running accuracy). ``ws.output`` ends holding what
+        the loss took (the logits, bias included, where the loss folds the output in).
         """
-        out = self.forward_into(x, ws)
+        out = self.forward_into(x, ws, leave_output_to_loss=True)
         loss = self.loss_fn.loss_and_delta(self.backend, out, targets, self.output_activation, ws.deltas[-1],
-                                           row_scale)
+                                           row_scale, bias=self.biases[-1], hits=hits)
         self.backward_into(x, ws)
         if include_decay and self.weight_decay:
             w = self.flat_params[:self.n_weights]

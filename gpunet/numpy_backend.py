@@ -76,10 +76,6 @@ class NumpyBackend:
         """True when no element is NaN or +-Inf (a host-device sync on the GPU)."""
         return bool(self.xp.isfinite(x).all())
 
-    def take_rows(self, x, idx, out=None):
-        """``x[idx]`` for a 1-D integer ``idx``, written into ``out`` (len(idx), ...)."""
-        return self.xp.take(x, idx, axis=0, out=out)
-
     # ---- dense layer --------------------------------------------------------------
     def matmul(self, a, b, out=None):
         """``a @ b``: (N, k) x (k, n) -> (N, n)."""
@@ -90,9 +86,14 @@ class NumpyBackend:
         z += b
         return act.forward(self.xp, z, out=z)
 
-    def act_backward(self, grad, a, act):
-        """Fusable: ``grad <- grad * f'(z)`` in place, with ``f'`` read from the output a (N, n)."""
-        return act.backward(self.xp, grad, a, out=grad)
+    def act_backward(self, grad, a, act, bias_grad=None):
+        """Fusable: ``grad <- grad * f'(z)`` in place, with ``f'`` read from the output a (N, n).
+        With ``bias_grad`` (n,), also the column sums of the result there: the layer's delta
+        and its bias gradient in one pass (one launch on the GPU)."""
+        act.backward(self.xp, grad, a, out=grad)
+        if bias_grad is not None:
+            self.bias_grad(grad, out=bias_grad)
+        return grad
 
     def activate(self, z, act):
         """``z <- f(z)`` in place, f any activation (softmax row-wise): inference of a model
@@ -111,16 +112,24 @@ class NumpyBackend:
     # ``row_scale`` (N,), where the losses take one: each example's loss and gradient row
     # times r_n, the mean still over N. Sample weights w become r = w * N / sum(w): the
     # weighted mean sum(w l) / sum(w). None is r = 1, bit for bit.
-    def softmax_xent(self, logits, labels, grad_out, row_scale=None):
+    def softmax_xent(self, logits, labels, grad_out, row_scale=None, *, bias=None, hits=None):
         """Fusable: softmax + cross-entropy + gradient from integer labels.
 
         logits (N, C), labels (N,) ints in [0, C). Writes ``(softmax(z) - e(y)) / N`` into
         ``grad_out`` (N, C) (may alias ``logits``) and returns the mean loss
         ``-(1/N) sum_n log softmax(z_n)[y_n]`` as a 0-d array (no host sync).
         No one-hot array is built: e(y) is subtracted at one index per row.
+
+        In a fit step: ``bias`` (C,), the logits' bias, is added to ``logits`` in place first
+        (the forward pass leaves it to the loss); ``hits`` (N,) receives whether each row's
+        argmax is its label.
         """
         xp = self.xp
         n = logits.shape[0]
+        if bias is not None:
+            logits += bias
+        if hits is not None:
+            xp.equal(logits.argmax(axis=1), labels, out=hits, casting="unsafe")
         rows = xp.arange(n)
         shifted = shift_by_row_max(logits)
         sumexp = xp.exp(shifted).sum(axis=1, keepdims=True)
@@ -154,12 +163,20 @@ class NumpyBackend:
     # Binary cross-entropy and the Poisson deviance pair a loss with its canonical link (sigmoid,
     # exp): both write ``(f(z) - y) / N`` into grad_out (which may alias the logits) and return
     # the mean over N of each row's sum over outputs, as a 0-d array (no host sync).
-    def sigmoid_bce(self, logits, targets, grad_out, row_scale=None):
+    # In a fit step the canonical losses also take ``bias`` (K,), the logits' bias, added to
+    # ``logits`` in place first (the forward pass leaves it to the loss), and
+    # ``sigmoid_bce`` a ``hits`` (N, K) array receiving whether each predicted label
+    # (z > 0) is the target's (y > 0.5).
+    def sigmoid_bce(self, logits, targets, grad_out, row_scale=None, *, bias=None, hits=None):
         """Fusable: sigmoid output + binary cross-entropy + gradient from the logits z (N, K),
         targets y (N, K) in [0, 1]: per element ``-[y log s(z) + (1 - y) log(1 - s(z))] =
         softplus(z) - y z``, stable for any z; gradient ``(s(z) - y) / N``."""
         xp = self.xp
         n = logits.shape[0]
+        if bias is not None:
+            logits += bias
+        if hits is not None:
+            xp.equal(logits > 0, targets > 0.5, out=hits, casting="unsafe")
         terms = xp.logaddexp(0.0, logits) - targets * logits    # softplus(z) - y z
         loss = _scaled_rows(terms.sum(axis=1), row_scale).sum() / n
         probs = xp.exp(-xp.logaddexp(0.0, -logits))               # s(z) = 1 / (1 + e^-z), no overflow
@@ -168,12 +185,14 @@ class NumpyBackend:
         _scale_rows(grad, row_scale)
         return loss
 
-    def poisson_exp(self, logits, targets, grad_out, row_scale=None):
+    def poisson_exp(self, logits, targets, grad_out, row_scale=None, *, bias=None):
         """Fusable: exp output + half the Poisson deviance + gradient from the logits z (N, K)
         (the log of the mean), targets y (N, K) >= 0: per element ``exp(z) - y z + y log y - y``
         (0 log 0 = 0; zero where exp(z) = y); gradient ``(exp(z) - y) / N``."""
         xp = self.xp
         n = logits.shape[0]
+        if bias is not None:
+            logits += bias
         mean = xp.exp(logits)
         y_log_y = targets * xp.log(xp.where(targets > 0, targets, 1.0))
         terms = mean - targets * logits + y_log_y - targets
@@ -183,13 +202,17 @@ class NumpyBackend:
         _scale_rows(grad, row_scale)
         return loss
 
-    def mse_grad(self, a, targets, act, grad_out, row_scale=None):
+    def mse_grad(self, a, targets, act, grad_out, row_scale=None, *, bias=None):
         """Fusable: MSE loss and its gradient at the pre-activation of the output layer.
 
         a (N, K) output after activation ``act``, targets (N, K). Returns the 0-d loss
         ``1/(2N) sum (a - y)^2`` and writes ``((a - y) / N) * f'(z)`` into grad_out
-        (which may alias ``a``).
+        (which may alias ``a``). In a fit step, with ``bias`` (K,), ``a`` arrives holding the
+        output layer's ``A W`` and becomes ``f(A W + bias)`` in place first (the forward pass
+        leaves the output layer's bias and activation to the loss).
         """
+        if bias is not None:
+            self.bias_act(a, bias, act)
         n = a.shape[0]
         diff = a - targets
         squares = diff * diff
@@ -204,6 +227,49 @@ class NumpyBackend:
     def sumsq(self, x):
         """``sum(x**2)`` as a 0-d array (for the global gradient norm)."""
         return self.xp.vdot(x, x).real if x.ndim == 1 else (x * x).sum()
+
+    # ---- the bookkeeping of a fit step --------------------------------------------
+    def gather_rows(self, idx, srcs, outs):
+        """Fusable: ``outs[k][:] = srcs[k][idx]`` for each pair (a batch's features, targets
+        and weights, one launch on the GPU). idx (R,) ints in [0, S); srcs[k] (S, ...), outs[k]
+        (R, ...) of the source's dtype."""
+        for src, out in zip(srcs, outs):
+            self.xp.take(src, idx, axis=0, out=out)
+        return outs
+
+    def finish_step(self, loss, grads, sums, bad, scale, *, batch_weight, clip_norm, hits=None):
+        """Fusable: what a fit step does between its backward pass and its update, in place.
+
+        loss 0-d and grads (P,) of the model's dtype; ``bad`` 0-d bool, set when the loss or
+        ``sumsq(grads)`` is not finite (never cleared); ``scale`` 0-d of the dtype: the
+        clipping factor ``min(1, clip_norm / (sqrt(sumsq) + 1e-12))``, 1 without ``clip_norm``;
+        ``sums`` float64: ``sums[0] += loss * batch_weight`` (a number or a 0-d array) and,
+        with ``hits`` (R, k) bools or bytes, ``sums[1] +=`` the rows whose entries all hold.
+        """
+        xp = self.xp
+        gss = self.sumsq(grads)
+        if self.host_reads_are_free:    # NumPy scalars: Python's checks are the cheap ones
+            if not (math.isfinite(loss) and math.isfinite(gss)):
+                bad.fill(True)
+        else:
+            bad |= ~(xp.isfinite(loss) & xp.isfinite(gss))
+        if clip_norm is None:
+            scale.fill(1)
+        else:
+            scale[...] = xp.minimum(1.0, clip_norm / (xp.sqrt(gss) + 1e-12))
+        sums[0] += loss * batch_weight
+        if hits is not None:
+            sums[1] += xp.count_nonzero(hits.all(axis=1) if hits.shape[1] > 1 else hits)
+        return sums
+
+    def squared_error_sums(self, out, targets, sums, *, exp_outputs=False):
+        """Fusable: ``sums[c] += sum_r (pred_rc - targets_rc)**2`` (float64 sums (K,)), pred
+        the outputs (N, K), or their exp with ``exp_outputs`` (a Poisson model's logits): a
+        regressor's running metric."""
+        pred = self.xp.exp(out) if exp_outputs else out
+        diff = pred - targets
+        sums += (diff * diff).sum(axis=0)
+        return sums
 
     @staticmethod
     def _decayed_gradient(params, grads, scale, weight_decay, n_decay):
@@ -241,7 +307,7 @@ class NumpyBackend:
         params -= self.xp.asarray(hyper.lr, dtype=params.dtype) * step
         return params
 
-    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip):
+    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip, skipped=None):
         """Fusable: one Adam (or AdamW) step over the whole flat parameter buffer, in place.
 
         params, grads, exp_avg (m), exp_avg_sq (v): 1-D, same length P. ``step`` is the
@@ -254,8 +320,13 @@ class NumpyBackend:
             m = beta1 * m + (1 - beta1) * g
             v = beta2 * v + (1 - beta2) * g^2
             params -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+        ``skipped`` (0-d int64 or None): counts the skipped steps (the optimizer takes them
+        back out of t afterwards).
         """
         if bool(skip):
+            if skipped is not None:
+                skipped += 1
             return params
         lr, beta1, beta2 = hyper.lr, hyper.beta1, hyper.beta2
         g = self._decayed_gradient(params, grads, scale, hyper.weight_decay, n_decay)

@@ -252,15 +252,17 @@ class Adam(Optimizer):
             self.exp_avg_sq = backend.zeros(params.shape, params.dtype)
             self.step_count = 0
         self.step_count += 1
-        backend.adam_update(params, grads, self.exp_avg, self.exp_avg_sq, self._update_hyper(lr, weight_decay),
-                            step=self.step_count, n_decay=n_decay, scale=scale, skip=skip)
+        skipped = None
         if not isinstance(skip, (bool, int)) and not backend.host_reads_are_free:
-            # a device flag: counted there, read back only when fit reports the divergence
+            # a device flag: the update counts a skipped step there (read back only when fit
+            # reports the divergence, see discard_skipped_steps)
             if self._skipped is None:
                 self._skipped = backend.zeros((), "int64")
-            self._skipped += skip
+            skipped = self._skipped
         elif skip:
             self.step_count -= 1
+        backend.adam_update(params, grads, self.exp_avg, self.exp_avg_sq, self._update_hyper(lr, weight_decay),
+                            step=self.step_count, n_decay=n_decay, scale=scale, skip=skip, skipped=skipped)
 
     def discard_skipped_steps(self):
         if self._skipped is not None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .losses import row_scale_from_weights
-from .metrics import (accuracy, batch_metric_sum, labels_of, metric_from_sums, metric_name, predicted_labels,
+from .metrics import (accuracy, labels_of, metric_from_sums, metric_name, predicted_labels,
                       r2_score, total_sum_of_squares)
 from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
@@ -203,52 +203,63 @@ class TrainingStep:
     """One optimizer step of ``net`` on a batch, with fit's running sums and divergence flag.
 
     ``step(x, targets, row_scale, batch_weight, lr)`` runs the forward and backward pass in
-    buffers of its own (one ``Workspace`` per batch size), flags a non-finite loss or
-    gradient, clips the gradient to ``clip_norm``, and applies ``optimizer`` under the
-    model's write lock, so concurrent readers see the parameters before or after the update.
-    On the device it reads nothing back: the flag, the loss and the metric accumulate there
-    until ``end_epoch``. Where reads are free (the CPU) a bad step raises at once.
+    buffers of its own (one ``Workspace`` per batch size), then ``finish_step`` flags a
+    non-finite loss or gradient, computes the clipping factor for ``clip_norm`` and adds the
+    loss and a classifier's right predictions to the epoch's sums (a regressor's squared
+    errors go to its own sums), and ``optimizer`` updates the parameters under the model's
+    write lock, so concurrent readers see them before or after the update. On the device it
+    reads nothing back: the flag, the factor and the sums stay there until ``end_epoch``.
+    Where reads are free (the CPU) a bad step raises at once.
     """
 
     def __init__(self, net, optimizer, clip_norm=None):
         self.net = net
         self.optimizer = optimizer
         self.clip_norm = clip_norm
-        self._workspaces = {}
+        self._buffers = {}
         self._updating = net.writing_parameters()   # reusable: no allocation per step
         self._n_decay = net.n_weights
         self._no_options = {}
-        self.epoch = 0
+        self._hit_columns = None if not net.is_classifier else (
+            1 if net.loss_fn.label_rule == "argmax" else net.sizes[-1])
+        be = net.backend
+        # the epoch's device sums: [loss, right predictions, a regressor's K squared errors]
+        self.sums = be.zeros(2 + (0 if net.is_classifier else net.sizes[-1]), np.float64)
+        self.bad = be.zeros((), np.bool_)
+        self.scale = be.zeros((), net.dtype)
+        self.epoch = self.steps = 0
 
     def begin_epoch(self, epoch: int):
         """Zero the epoch's device sums and divergence flag."""
-        xp, net = self.net.backend.xp, self.net
         self.epoch, self.steps = epoch, 0
-        self.loss_sum = xp.zeros((), dtype=np.float64)
-        self.metric_sum = xp.zeros(() if net.is_classifier else (net.sizes[-1],), dtype=np.float64)
-        self.bad = xp.zeros((), dtype=bool)
+        self.sums.fill(0)
+        self.bad.fill(False)
 
     def workspace(self, rows):
         """The step's buffers for batches of ``rows`` examples (made on first use)."""
-        ws = self._workspaces.get(rows)
-        if ws is None:
-            ws = self._workspaces[rows] = self.net.workspace(rows)
-        return ws
+        return self._buffers_for(rows)[0]
+
+    def _buffers_for(self, rows):
+        buffers = self._buffers.get(rows)
+        if buffers is None:
+            hits = None if self._hit_columns is None else \
+                self.net.backend.zeros((rows, self._hit_columns), np.uint8)
+            buffers = self._buffers[rows] = (self.net.workspace(rows), hits)
+        return buffers
 
     def __call__(self, x, targets, row_scale=None, batch_weight=None, lr=None):
         """One step on the batch (x, targets) with per-example ``row_scale`` (and their sum
         ``batch_weight``; default the batch size); ``lr`` overrides the optimizer's rate."""
         net, be = self.net, self.net.backend
-        xp = be.xp
-        ws = self._workspaces.get(x.shape[0]) or self.workspace(x.shape[0])
+        ws, hits = self._buffers.get(x.shape[0]) or self._buffers_for(x.shape[0])
         self.steps += 1
         with np.errstate(over="ignore", invalid="ignore"):
-            loss = net.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=False)
-            gss = be.sumsq(ws.flat_grads)
-            self.bad = self.bad | ~xp.isfinite(loss) | ~xp.isfinite(gss)
-            scale = 1.0
-            if self.clip_norm is not None:
-                scale = xp.minimum(1.0, self.clip_norm / (xp.sqrt(gss) + 1e-12)).astype(net.dtype)
+            loss = net.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=False, hits=hits)
+            be.finish_step(loss, ws.flat_grads, self.sums, self.bad, self.scale,
+                           batch_weight=x.shape[0] if batch_weight is None else batch_weight,
+                           clip_norm=self.clip_norm, hits=hits)
+            if hits is None:
+                net.loss_fn.add_squared_errors(be, ws.output, targets, self.sums[2:])
             if be.host_reads_are_free and bool(self.bad):
                 raise TrainingDiverged(
                     f"loss or gradient became non-finite at epoch {self.epoch + 1}, step {self.steps} "
@@ -258,22 +269,14 @@ class TrainingStep:
             extra = self._no_options if lr is None else {"lr": lr}
             with self._updating:
                 self.optimizer.step(be, net.flat_params, ws.flat_grads, weight_decay=net.weight_decay,
-                                    n_decay=self._n_decay, scale=scale, skip=self.bad, **extra)
-            self.loss_sum += loss * (x.shape[0] if batch_weight is None else batch_weight)
-            self.metric_sum += batch_metric_sum(self._metric_outputs(ws.output), targets, net.loss_fn.label_rule)
+                                    n_decay=self._n_decay, scale=self.scale, skip=self.bad, **extra)
         return loss
 
-    def _metric_outputs(self, out):
-        """What the running metric reads: the logits for a classifier; a regressor's outputs,
-        activated where its loss folds the activation in (the Poisson mean exp(z))."""
-        net = self.net
-        if net.is_classifier or net.loss_fn.needs_output_activation:
-            return out
-        return net.loss_fn.activate(net.backend, out.copy(), net.output_activation)
-
     def end_epoch(self):
-        """(loss sum, metric sum) of the epoch on the host: one read of the device. Raises
-        TrainingDiverged when a step was non-finite (its update and all later ones skipped)."""
+        """(loss sum, metric sum) of the epoch on the host: one read of the device. The metric
+        sum is a classifier's count of right predictions, a regressor's per-output squared
+        errors. Raises TrainingDiverged when a step was non-finite (its update and all later
+        ones skipped)."""
         be = self.net.backend
         if not be.host_reads_are_free and bool(self.bad):
             discard = getattr(self.optimizer, "discard_skipped_steps", None)
@@ -282,23 +285,32 @@ class TrainingStep:
             raise TrainingDiverged(
                 f"loss or gradient became non-finite during epoch {self.epoch + 1}; parameters are those "
                 "from before the first bad step. Try a smaller learning rate or clip_norm.")
-        return float(self.loss_sum), be.to_numpy(self.metric_sum)
+        sums = be.to_numpy(self.sums)
+        return float(sums[0]), (sums[1] if self.net.is_classifier else sums[2:])
 
 
 # ---- phase 2: epoch ---------------------------------------------------------------------------
 def batches(backend, x, targets, weights, order, batch_size):
     """The minibatches of one epoch on the backend: ``(x_b, targets_b, row_scale, batch_weight)``
     gathered in ``order`` (host indices, moved to the device once), ``batch_size`` rows each
-    (the last may be short); row_scale and batch_weight are None without ``weights``."""
+    (the last may be short); row_scale and batch_weight are None without ``weights``. Each
+    batch is gathered in one op into buffers kept for the epoch: a batch's arrays are valid
+    until the next one is drawn."""
     order = backend.asarray(order)
+    sources = (x, targets) if weights is None else (x, targets, weights)
+    kept = {}
     for start in range(0, order.shape[0], batch_size):
         idx = order[start:start + batch_size]
+        rows = idx.shape[0]
+        batch = kept.get(rows)
+        if batch is None:
+            batch = kept[rows] = [backend.empty((rows, *a.shape[1:]), a.dtype) for a in sources]
+        backend.gather_rows(idx, sources, batch)
         row_scale = batch_weight = None
         if weights is not None:
-            wb = backend.take_rows(weights, idx)
-            batch_weight = wb.sum()
-            row_scale = row_scale_from_weights(wb, batch_weight)
-        yield backend.take_rows(x, idx), backend.take_rows(targets, idx), row_scale, batch_weight
+            batch_weight = batch[2].sum()
+            row_scale = row_scale_from_weights(batch[2], batch_weight)
+        yield batch[0], batch[1], row_scale, batch_weight
 
 
 def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int):

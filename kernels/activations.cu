@@ -84,3 +84,67 @@ extern "C" __global__ void act_backward_f64(double* grad, const double* a, long 
                                             int kind, double p0, double p1) {
     act_backward<double>(grad, a, size, kind, p0, p1);
 }
+
+// ---- activation backward with the bias gradient ---------------------------------------------
+// grad[r, c] <- grad[r, c] * f'(a[r, c]) in place (the incoming gradient becomes the layer's
+// delta), and the column sums of the result, the layer's bias gradient, in the order of
+// reduce.cu:column_sums (same block, chunks and lane order, so the sums equal act_backward
+// followed by column_sums bit for bit): with one chunk into out, with more into
+// partial[chunk, c] for reduce.cu:column_sums_finish. Matches NumpyBackend.act_backward with
+// bias_grad. Launch: block (32, 8), grid (32-column tiles, chunks) as column_sums. grad and
+// a may alias.
+template <typename T, int KIND>
+__device__ void act_backward_colsum_loop(T* grad, const T* a, long long rows, long long cols,
+                                         long long rows_per_chunk, T p0, T p1, double* partial, T* out) {
+    __shared__ double lanes[8][33];  // +1 column keeps the lane-sum reads off one bank
+    const long long row_begin = (long long)blockIdx.y * rows_per_chunk;
+    long long row_end = row_begin + rows_per_chunk;
+    if (row_end > rows) row_end = rows;
+    for (long long tile = blockIdx.x; tile * 32 < cols; tile += gridDim.x) {
+        const long long col = tile * 32 + threadIdx.x;
+        double acc = 0.0;
+        if (col < cols) {
+            for (long long r = row_begin + threadIdx.y; r < row_end; r += 8) {
+                const long long i = r * cols + col;
+                const T d = grad[i] * act_derivative<T, KIND>(a[i], p0, p1);
+                grad[i] = d;
+                acc += (double)d;
+            }
+        }
+        lanes[threadIdx.y][threadIdx.x] = acc;
+        __syncthreads();
+        if (threadIdx.y == 0 && col < cols) {
+            double total = lanes[0][threadIdx.x];
+            for (int lane = 1; lane < 8; ++lane) total += lanes[lane][threadIdx.x];
+            if (gridDim.y == 1) out[col] = (T)total;
+            else partial[(long long)blockIdx.y * cols + col] = total;
+        }
+        __syncthreads();  // lanes is reused by the next tile
+    }
+}
+
+template <typename T>
+__device__ void act_backward_colsum(T* grad, const T* a, long long rows, long long cols, long long rows_per_chunk,
+                                    int kind, T p0, T p1, double* partial, T* out) {
+    switch (kind) {
+#define GN_CASE(KIND) \
+        case KIND: act_backward_colsum_loop<T, KIND>(grad, a, rows, cols, rows_per_chunk, p0, p1, partial, out); break;
+        GN_FOR_EACH_ACTIVATION(GN_CASE)
+#undef GN_CASE
+        default:
+            gn_fill_nan(grad, rows * cols);
+            gn_fill_nan(out, cols);
+            break;
+    }
+}
+
+extern "C" __global__ void act_backward_colsum_f32(float* grad, const float* a, long long rows, long long cols,
+                                                   long long rows_per_chunk, int kind, float p0, float p1,
+                                                   double* partial, float* out) {
+    act_backward_colsum<float>(grad, a, rows, cols, rows_per_chunk, kind, p0, p1, partial, out);
+}
+extern "C" __global__ void act_backward_colsum_f64(double* grad, const double* a, long long rows, long long cols,
+                                                   long long rows_per_chunk, int kind, double p0, double p1,
+                                                   double* partial, double* out) {
+    act_backward_colsum<double>(grad, a, rows, cols, rows_per_chunk, kind, p0, p1, partial, out);
+}

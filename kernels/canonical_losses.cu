@@ -10,9 +10,12 @@
 //
 // Both: grad[i] = (f(z_i) - y_i) / rows, times row_scale[row] when has_scale (per-example
 // weights, see gpunet/losses.py); block_sums[block] = the block's sum of the per-element loss
-// terms (times row_scale), in double. The mean loss, sum(block_sums) / rows, is reduced in a
-// fixed order by reduce.cu:sum_to_scalar. grad may alias z (each element is read before the
-// same thread writes it). Stable for any z: exp only ever sees -|z| in the sigmoid, and
+// terms (times row_scale), in double; the mean loss, sum(block_sums) / rows, goes to
+// *loss_out from the last block to finish (gn_finish_mean: a fixed order, one launch). In a
+// fit step: with has_bias, z_i is z[i] + bias[col] (the logits' bias, left to this kernel by
+// the forward pass), written back into z; with has_hits, hits[i] = 1 where the predicted
+// label (z_i > 0) is the target's (y_i > 0.5). Arrays a flag turns off are passed but never
+// read. grad may alias z (each element is read before the same thread writes it). Stable for any z: exp only ever sees -|z| in the sigmoid, and
 // softplus(z) = max(z, 0) + log1p(exp(-|z|)); an overflowing exp(z) in the Poisson case is the
 // inf the reference computes too.
 // Launch: 1-D grid-stride over rows*cols elements, block exactly 256, grid fixed by the size
@@ -34,25 +37,33 @@ __device__ __forceinline__ void poisson_term(T z, T y, T& link, T& term) {
 }
 
 template <typename T, bool POISSON>
-__device__ void canonical_loss(const T* z, const T* y, const T* row_scale, int has_scale, long long rows,
-                               long long cols, T* grad, double* block_sums) {
+__device__ void canonical_loss(T* z, const T* bias, int has_bias, const T* y, const T* row_scale, int has_scale,
+                               long long rows, long long cols, T* grad, double* block_sums, unsigned char* hits,
+                               int has_hits, T* loss_out, unsigned* arrivals) {
     const long long size = rows * cols;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const T n_rows = T(rows);
     double total = 0.0;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < size) {
-        // the row is carried along the loop (one division per thread, none per element)
+        // the row and column are carried along the loop (one division per thread, none per element)
         long long row = i / cols, col = i % cols;
         const long long row_step = stride / cols, col_step = stride % cols;
         for (; i < size; i += stride) {
+            T zi = z[i];
+            if (has_bias) {
+                zi = zi + bias[col];
+                z[i] = zi;        // the logits, for what reads them after the step
+            }
+            const T yi = y[i];
             T link, term;
             if constexpr (POISSON) {
-                poisson_term<T>(z[i], y[i], link, term);
+                poisson_term<T>(zi, yi, link, term);
             } else {
-                bce_term<T>(z[i], y[i], link, term);
+                bce_term<T>(zi, yi, link, term);
             }
-            T g = (link - y[i]) / n_rows;
+            if (has_hits) hits[i] = (zi > T(0)) == (yi > T(0.5)) ? 1 : 0;
+            T g = (link - yi) / n_rows;
             if (has_scale) {
                 const T r = row_scale[row];
                 g = g * r;
@@ -70,21 +81,34 @@ __device__ void canonical_loss(const T* z, const T* y, const T* row_scale, int h
     }
     const double block_total = block_sum_256(total);
     if (threadIdx.x == 0) block_sums[blockIdx.x] = block_total;
+    gn_finish_mean(block_sums, (long long)gridDim.x, (double)rows, loss_out, arrivals);
 }
 
-extern "C" __global__ void sigmoid_bce_f32(const float* z, const float* y, const float* row_scale, int has_scale,
-                                           long long rows, long long cols, float* grad, double* block_sums) {
-    canonical_loss<float, false>(z, y, row_scale, has_scale, rows, cols, grad, block_sums);
+extern "C" __global__ void sigmoid_bce_f32(
+        float* z, const float* bias, int has_bias, const float* y, const float* row_scale, int has_scale, long long rows,
+        long long cols, float* grad, double* block_sums, unsigned char* hits, int has_hits, float* loss_out,
+        unsigned* arrivals) {
+    canonical_loss<float, false>(z, bias, has_bias, y, row_scale, has_scale, rows, cols, grad, block_sums, hits,
+                                  has_hits, loss_out, arrivals);
 }
-extern "C" __global__ void sigmoid_bce_f64(const double* z, const double* y, const double* row_scale, int has_scale,
-                                           long long rows, long long cols, double* grad, double* block_sums) {
-    canonical_loss<double, false>(z, y, row_scale, has_scale, rows, cols, grad, block_sums);
+extern "C" __global__ void sigmoid_bce_f64(
+        double* z, const double* bias, int has_bias, const double* y, const double* row_scale, int has_scale, long long rows,
+        long long cols, double* grad, double* block_sums, unsigned char* hits, int has_hits, double* loss_out,
+        unsigned* arrivals) {
+    canonical_loss<double, false>(z, bias, has_bias, y, row_scale, has_scale, rows, cols, grad, block_sums, hits,
+                                  has_hits, loss_out, arrivals);
 }
-extern "C" __global__ void poisson_exp_f32(const float* z, const float* y, const float* row_scale, int has_scale,
-                                           long long rows, long long cols, float* grad, double* block_sums) {
-    canonical_loss<float, true>(z, y, row_scale, has_scale, rows, cols, grad, block_sums);
+extern "C" __global__ void poisson_exp_f32(
+        float* z, const float* bias, int has_bias, const float* y, const float* row_scale, int has_scale, long long rows,
+        long long cols, float* grad, double* block_sums, unsigned char* hits, int has_hits, float* loss_out,
+        unsigned* arrivals) {
+    canonical_loss<float, true>(z, bias, has_bias, y, row_scale, has_scale, rows, cols, grad, block_sums, hits,
+                                  has_hits, loss_out, arrivals);
 }
-extern "C" __global__ void poisson_exp_f64(const double* z, const double* y, const double* row_scale, int has_scale,
-                                           long long rows, long long cols, double* grad, double* block_sums) {
-    canonical_loss<double, true>(z, y, row_scale, has_scale, rows, cols, grad, block_sums);
+extern "C" __global__ void poisson_exp_f64(
+        double* z, const double* bias, int has_bias, const double* y, const double* row_scale, int has_scale, long long rows,
+        long long cols, double* grad, double* block_sums, unsigned char* hits, int has_hits, double* loss_out,
+        unsigned* arrivals) {
+    canonical_loss<double, true>(z, bias, has_bias, y, row_scale, has_scale, rows, cols, grad, block_sums, hits,
+                                  has_hits, loss_out, arrivals);
 }

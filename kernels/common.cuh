@@ -12,6 +12,8 @@ __device__ __forceinline__ double gn_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float gn_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double gn_abs(double x) { return fabs(x); }
 __device__ __forceinline__ float gn_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ float gn_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double gn_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ double gn_log1p(double x) { return log1p(x); }
 
 // -inf and NaN from their bit patterns: NVRTC has no math.h to define macros for them.
@@ -48,3 +50,55 @@ __device__ __forceinline__ double block_sum_256(double v) {
     }
     return partial[0];
 }
+
+// ---- one-launch reductions: the last block finishes --------------------------------------------
+// A kernel that leaves one partial sum per block (or per row) can also reduce them itself:
+// every block fences its writes and takes a ticket; the block that draws the last ticket
+// (all others have written) sums the partials in a fixed order and resets the counter for
+// the next launch: one launch instead of two, and bitwise reproducible. `arrivals` is a zeroed device counter that no other launch uses
+// meanwhile (the launcher's, per host thread). True in every thread of the last block.
+__device__ __forceinline__ bool gn_last_block(unsigned* arrivals) {
+    __shared__ bool last;
+    __threadfence();   // this block's partials are visible to whichever block sums them
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        const unsigned blocks = gridDim.x * gridDim.y;
+        last = atomicAdd(arrivals, 1u) == blocks - 1;
+        if (last) *arrivals = 0u;
+    }
+    __syncthreads();
+    return last;
+}
+
+// sum of values[0 .. n) in double, valid in every thread: thread t < 256 adds t, t + 256, ...
+// in order, then a fixed tree (the order depends on n only). Every thread of the block calls
+// it (blocks of at least 256 threads in x); the partials are read past L1 (other blocks
+// wrote them). Once per kernel: its shared slots are not reset for a second call.
+__device__ __forceinline__ double gn_ordered_sum(const double* values, long long n) {
+    __shared__ double partial[256];
+    const bool summing = threadIdx.x < 256 && threadIdx.y == 0;
+    if (summing) {
+        const volatile double* v = values;
+        double acc = 0.0;
+        for (long long i = threadIdx.x; i < n; i += 256) acc += v[i];
+        partial[threadIdx.x] = acc;
+    }
+    __syncthreads();
+    for (int half = 128; half > 0; half >>= 1) {
+        if (summing && threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
+// *out = (sum of parts[0 .. n)) / divisor, rounded to T, by the last block of the grid: a
+// loss's mean from its per-row or per-block partial sums, in the same launch (see above).
+template <typename T>
+__device__ __forceinline__ void gn_finish_mean(const double* parts, long long n, double divisor, T* out,
+                                               unsigned* arrivals) {
+    if (gn_last_block(arrivals)) {
+        const double total = gn_ordered_sum(parts, n);
+        if (threadIdx.x == 0 && threadIdx.y == 0) *out = (T)(total / divisor);
+    }
+}
+

@@ -4,7 +4,8 @@
 // buffers are flat, C-contiguous and of one length; the first n_decay entries are weights
 // (decayed), the rest biases. The clipping factor `scale` and the `skip` flag (set when
 // the loss or gradient went non-finite) are read from device memory, so the host never
-// waits for them. When *skip is true no thread writes anything.
+// waits for them. When *skip is true no thread writes anything but Adam's count of skipped
+// steps (`skipped`, with count_skips), which the optimizer later takes back out of its t.
 //
 // The arithmetic uses explicitly rounded operations (no fused multiply-add contraction, no
 // flush of subnormals) in the order of the NumPy reference, so on finite data the result
@@ -119,8 +120,12 @@ template <typename T>
 __device__ void adam_update(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, long long size,
                             long long n_decay, T step_size, T beta1, T one_minus_beta1, T beta2,
                             T one_minus_beta2, T sqrt_bias_correction2, T eps, T weight_decay,
-                            T decay_factor, int decoupled, const T* scale, const bool* skip) {
-    if (*skip) return;
+                            T decay_factor, int decoupled, const T* scale, const bool* skip, long long* skipped,
+                            int count_skips) {
+    if (*skip) {
+        if (count_skips && blockIdx.x == 0 && threadIdx.x == 0) *skipped += 1;   // t is taken back later
+        return;
+    }
     const T s = *scale;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
@@ -141,19 +146,21 @@ extern "C" __global__ void adam_update_f32(float* params, const float* grads, fl
                                            long long size, long long n_decay, float step_size, float beta1,
                                            float one_minus_beta1, float beta2, float one_minus_beta2,
                                            float sqrt_bias_correction2, float eps, float weight_decay,
-                                           float decay_factor, int decoupled, const float* scale, const bool* skip) {
+                                           float decay_factor, int decoupled, const float* scale, const bool* skip,
+                                           long long* skipped, int count_skips) {
     adam_update<float>(params, grads, exp_avg, exp_avg_sq, size, n_decay, step_size, beta1, one_minus_beta1,
                        beta2, one_minus_beta2, sqrt_bias_correction2, eps, weight_decay, decay_factor, decoupled,
-                       scale, skip);
+                       scale, skip, skipped, count_skips);
 }
 extern "C" __global__ void adam_update_f64(double* params, const double* grads, double* exp_avg, double* exp_avg_sq,
                                            long long size, long long n_decay, double step_size, double beta1,
                                            double one_minus_beta1, double beta2, double one_minus_beta2,
                                            double sqrt_bias_correction2, double eps, double weight_decay,
-                                           double decay_factor, int decoupled, const double* scale, const bool* skip) {
+                                           double decay_factor, int decoupled, const double* scale, const bool* skip,
+                                           long long* skipped, int count_skips) {
     adam_update<double>(params, grads, exp_avg, exp_avg_sq, size, n_decay, step_size, beta1, one_minus_beta1,
                         beta2, one_minus_beta2, sqrt_bias_correction2, eps, weight_decay, decay_factor, decoupled,
-                        scale, skip);
+                        scale, skip, skipped, count_skips);
 }
 
 // ---- RMSprop (torch.optim.RMSprop) with centering, momentum, L2 and clipping ------------------

@@ -1,6 +1,5 @@
-// Deterministic reductions: bias gradients (column sums), the sum of squares of a flat
-// vector (global gradient norm), and the final fixed-order sum to one scalar that the
-// losses use too.
+// Deterministic reductions: bias gradients (column sums) and the sum of squares of a flat
+// vector (global gradient norm).
 //
 // Every partial sum is accumulated in double and combined in an order fixed by the shape
 // and the launch configuration (which the launcher derives from the shape alone), never
@@ -72,8 +71,9 @@ extern "C" __global__ void column_sums_finish_f64(const double* partial, long lo
 }
 
 // ---- sum of squares ------------------------------------------------------------------------
-// block_sums[b] = sum of x[i]^2 over the elements block b visits (in double).
-// First pass of NumpyBackend.sumsq; sum_to_scalar finishes it.
+// block_sums[b] = sum of x[i]^2 over the elements block b visits (in double): sumsq_partial
+// leaves them (the finish of a fit step sums them, kernels/step.cu); sumsq also sums them,
+// from the last block to finish (gn_finish_mean), into *out. Matches NumpyBackend.sumsq.
 // Launch: 1-D grid-stride, block exactly 256, grid G fixed by the size (G entries written).
 template <typename T>
 __device__ void sumsq_partial(const T* x, long long size, double* block_sums) {
@@ -93,23 +93,13 @@ extern "C" __global__ void sumsq_partial_f32(const float* x, long long size, dou
 extern "C" __global__ void sumsq_partial_f64(const double* x, long long size, double* block_sums) {
     sumsq_partial<double>(x, size, block_sums);
 }
-
-// ---- final scalar --------------------------------------------------------------------------
-// out[0] = (sum_i values[i]) / divisor, values in double, summed by one block: thread t adds
-// values t, t+256, ... in order, then a fixed tree. Finishes sumsq (divisor 1), the mean
-// cross-entropy from per-row losses (divisor rows) and the MSE (divisor 2 rows).
-// Launch: exactly one block of 256 threads.
-template <typename T>
-__device__ void sum_to_scalar(const double* values, long long n, double divisor, T* out) {
-    double acc = 0.0;
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) acc += values[i];
-    const double total = block_sum_256(acc);
-    if (threadIdx.x == 0) out[0] = (T)(total / divisor);
+extern "C" __global__ void sumsq_f32(const float* x, long long size, double* block_sums, float* out,
+                                     unsigned* arrivals) {
+    sumsq_partial<float>(x, size, block_sums);
+    gn_finish_mean(block_sums, (long long)gridDim.x, 1.0, out, arrivals);
 }
-
-extern "C" __global__ void sum_to_scalar_f32(const double* values, long long n, double divisor, float* out) {
-    sum_to_scalar<float>(values, n, divisor, out);
-}
-extern "C" __global__ void sum_to_scalar_f64(const double* values, long long n, double divisor, double* out) {
-    sum_to_scalar<double>(values, n, divisor, out);
+extern "C" __global__ void sumsq_f64(const double* x, long long size, double* block_sums, double* out,
+                                     unsigned* arrivals) {
+    sumsq_partial<double>(x, size, block_sums);
+    gn_finish_mean(block_sums, (long long)gridDim.x, 1.0, out, arrivals);
 }

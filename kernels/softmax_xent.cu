@@ -120,16 +120,18 @@ __device__ __forceinline__ RowGroup row_group() {
 // SLOTS > 0: kept in SLOTS registers (warp groups: 32 * SLOTS >= cols; block groups, which
 // then have GN_BLOCK_REGS_THREADS threads: GN_BLOCK_REGS_THREADS * SLOTS >= cols);
 // SLOTS == 0: kept in the block's dynamic shared memory when `cache` is set, else read
-// again in the second pass. Each thread reads back only what it wrote, so the kept copy
-// needs no barrier.
+// again in the second pass; either pass reads kLoads values per thread before using one.
+// Each thread reads back only what it wrote, so the kept copy needs no barrier.
 template <typename T, bool WARP_PER_ROW, int SLOTS>
 struct RowShare {
     static constexpr int kStride = WARP_PER_ROW ? 32 : GN_BLOCK_REGS_THREADS;  // when SLOTS > 0
+    static constexpr int kLoads = 8;   // SLOTS == 0: loads in flight per thread
     T v[SLOTS > 0 ? SLOTS : 1];
     T* cache;
 
-    // Read the share (keeping it) and return the stats of the whole row.
-    __device__ __forceinline__ RowStats<T> load(const T* z, long long cols, const RowGroup& g) {
+    // Read the share (keeping it) and return the stats of the whole row. The row's values
+    // are z[j] + bias[j] when a bias is given (the logits' bias, folded in here), else z[j].
+    __device__ __forceinline__ RowStats<T> load(const T* z, const T* bias, long long cols, const RowGroup& g) {
         RowStats<T> st;
         st.max = gn_neg_inf<T>();
         st.sum = T(0);
@@ -138,26 +140,37 @@ struct RowShare {
 #pragma unroll
             for (int k = 0; k < SLOTS; ++k) {   // a row of <= 32 * 1024 columns: int indices
                 const int j = g.lane + k * kStride;
-                v[k] = j < cols ? z[j] : gn_neg_inf<T>();
+                v[k] = j < cols ? value(z, bias, j) : gn_neg_inf<T>();
             }
 #pragma unroll
             for (int k = 0; k < SLOTS; ++k) stats_push(st, v[k]);
-        } else if (cache != nullptr) {
-#pragma unroll 4
-            for (long long j = g.lane; j < cols; j += g.width) {
-                const T x = z[j];
-                cache[j] = x;
+        } else {
+            // kLoads loads issued before the first is used (a store to shared memory would
+            // otherwise wait for each): the bytes in flight that a memory-bound row needs
+            long long j = g.lane;
+            for (; j + (kLoads - 1) * g.width < cols; j += kLoads * g.width) {
+                T x[kLoads];
+#pragma unroll
+                for (int k = 0; k < kLoads; ++k) x[k] = value(z, bias, j + k * g.width);
+#pragma unroll
+                for (int k = 0; k < kLoads; ++k) {
+                    if (cache != nullptr) cache[j + k * g.width] = x[k];
+                    stats_push(st, x[k]);
+                }
+            }
+            for (; j < cols; j += g.width) {
+                const T x = value(z, bias, j);
+                if (cache != nullptr) cache[j] = x;
                 stats_push(st, x);
             }
-        } else {
-            for (long long j = g.lane; j < cols; j += g.width) stats_push(st, z[j]);
         }
         return group_merge<T, WARP_PER_ROW>(st);
     }
 
-    // emit(j, z[j]) for each column j of the share, from the kept copy when there is one.
+    // emit(j, value j) for each column j of the share, from the kept copy when there is one.
     template <typename Emit>
-    __device__ __forceinline__ void for_each(const T* z, long long cols, const RowGroup& g, Emit emit) const {
+    __device__ __forceinline__ void for_each(const T* z, const T* bias, long long cols, const RowGroup& g,
+                                             Emit emit) const {
         if (SLOTS > 0) {
 #pragma unroll
             for (int k = 0; k < SLOTS; ++k) {
@@ -167,10 +180,42 @@ struct RowShare {
         } else if (cache != nullptr) {
             for (long long j = g.lane; j < cols; j += g.width) emit(j, cache[j]);
         } else {
-            for (long long j = g.lane; j < cols; j += g.width) emit(j, z[j]);
+            // the second read, kLoads at a time (emit may store over z: only what was read)
+            long long j = g.lane;
+            for (; j + (kLoads - 1) * g.width < cols; j += kLoads * g.width) {
+                T x[kLoads];
+#pragma unroll
+                for (int k = 0; k < kLoads; ++k) x[k] = value(z, bias, j + k * g.width);
+#pragma unroll
+                for (int k = 0; k < kLoads; ++k) emit(j + k * g.width, x[k]);
+            }
+            for (; j < cols; j += g.width) emit(j, value(z, bias, j));
         }
     }
+
+    static __device__ __forceinline__ T value(const T* z, const T* bias, long long j) {
+        return bias != nullptr ? z[j] + bias[j] : z[j];
+    }
 };
+
+// The smallest v over the row group (every thread gets it): the first column that holds
+// the row's maximum, for the argmax a classifier predicts (ties go to the first, as
+// NumPy's argmax).
+template <bool WARP_PER_ROW>
+__device__ __forceinline__ long long group_min(long long v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const long long other = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = other < v ? other : v;
+    }
+    if (WARP_PER_ROW) return v;
+    __shared__ long long warp_min[32];
+    if ((threadIdx.x & 31) == 0) warp_min[threadIdx.x >> 5] = v;
+    __syncthreads();
+    long long total = warp_min[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) total = warp_min[w] < total ? warp_min[w] : total;
+    __syncthreads();  // the shared slots are reused by the next row
+    return total;
+}
 
 // The block's dynamic shared memory as a row cache of T (null when the launch gave none).
 template <typename T>
@@ -180,79 +225,133 @@ __device__ __forceinline__ T* shared_row_cache(int use_cache) {
 }
 
 // ---- fused softmax + cross-entropy + gradient ---------------------------------------------
-// For each row n with label y = labels[n]:
-//   row_loss[n] = log sum_j exp(z_nj - m) - (z_ny - m)            (double, m = max_j z_nj)
-//   grad[n, j]  = (exp((z_nj - m) - log sum exp) - [j == y]) / rows
-// Matches NumpyBackend.softmax_xent (the mean loss is reduced afterwards by
-// reduce.cu:sum_to_scalar in a fixed order). grad may alias logits: a row is read in full
-// before the group's merge, and afterwards each element is written by the thread that read
-// it. A label outside [0, cols) gives a NaN row loss (so the step is flagged non-finite on
-// the device) instead of a read out of bounds.
+// For each row n with label y = labels[n] and values z_nj (plus bias[j] when has_bias):
+//   row_loss[n] = s_n * (log sum_j exp(z_nj - m) - (z_ny - m))          (m = max_j z_nj)
+//   grad[n, j]  = ((exp((z_nj - m) - log sum exp) - [j == y]) / rows) * s_n
+// with s_n = row_scale[n] when has_scale, else 1 (unscaled, bit for bit). With has_bias the
+// logits' bias is added here (the forward pass leaves it to this kernel) and z + bias is
+// written back into logits; with has_hits, hits[n] = 1 when the first column holding the
+// row's maximum is y (the classifier's prediction is right), else 0. Matches
+// NumpyBackend.softmax_xent; the mean loss, sum(row_loss) / rows, goes to *loss_out from the
+// last block to finish (gn_finish_mean: a fixed order, one launch). grad may alias logits:
+// a row is read in full before the group's merge, and afterwards each element is written by
+// the thread that read it. A label outside
+// [0, cols) gives a NaN row loss (so the step is flagged non-finite on the device) instead
+// of a read out of bounds. Arrays a flag turns off are passed but never read.
 // Launch: softmax_xent_warp_*: block 256 (8 rows per block), `slots` in {1, 4, 32} with
 // 32 * slots >= cols (cols <= 1024). softmax_xent_block_*: one block (256, 512 or 1024
 // threads) per row; with use_cache, dynamic shared memory of cols * sizeof(T) bytes.
 // Grids are capped; both grid-stride over rows.
+template <typename T>
+struct XentArgs {
+    T* logits;
+    const T* bias;         // null: none
+    const long long* labels;
+    const T* row_scale;    // null: none
+    long long rows, cols;
+    T* grad;
+    double* row_loss;
+    unsigned char* hits;   // null: none
+};
+
+template <typename T>
+__device__ __forceinline__ XentArgs<T> xent_args(T* logits, const T* bias, int has_bias, const long long* labels,
+                                                 const T* row_scale, int has_scale, long long rows, long long cols,
+                                                 T* grad, double* row_loss, unsigned char* hits, int has_hits) {
+    XentArgs<T> a;
+    a.logits = logits;
+    a.bias = has_bias ? bias : nullptr;
+    a.labels = labels;
+    a.row_scale = has_scale ? row_scale : nullptr;
+    a.rows = rows;
+    a.cols = cols;
+    a.grad = grad;
+    a.row_loss = row_loss;
+    a.hits = has_hits ? hits : nullptr;
+    return a;
+}
+
 template <typename T, bool WARP_PER_ROW, int SLOTS>
-__device__ void softmax_xent_rows(const T* logits, const long long* labels, long long rows,
-                                  long long cols, T* cache, T* grad, double* row_loss) {
+__device__ void softmax_xent_rows(const XentArgs<T>& a, T* cache) {
     const RowGroup g = row_group<WARP_PER_ROW>();
-    const T n_rows = T(rows);
-    for (long long row = g.first_row; row < rows; row += g.row_step) {
-        const T* z = logits + row * cols;
-        T* out = grad + row * cols;
+    const T n_rows = T(a.rows);
+    const long long cols = a.cols;
+    for (long long row = g.first_row; row < a.rows; row += g.row_step) {
+        T* z = a.logits + row * cols;
+        T* out = a.grad + row * cols;
         RowShare<T, WARP_PER_ROW, SLOTS> share;
         share.cache = cache;
-        const RowStats<T> st = share.load(z, cols, g);
+        const RowStats<T> st = share.load(z, a.bias, cols, g);
         const T log_sum = gn_log(st.sum);
-        const long long y = labels[row];
-        share.for_each(z, cols, g, [&](long long j, T x) {
+        const long long y = a.labels[row];
+        const T scale = a.row_scale != nullptr ? a.row_scale[row] : T(1);
+        long long first_max = cols;
+        share.for_each(z, a.bias, cols, g, [&](long long j, T x) {
             const T shifted = x - st.max;
             T p = gn_exp(shifted - log_sum);
             if (j == y) {
-                row_loss[row] = (double)(log_sum - shifted);
+                const T loss = log_sum - shifted;
+                a.row_loss[row] = (double)(a.row_scale != nullptr ? loss * scale : loss);
                 p -= T(1);
             }
-            out[j] = p / n_rows;
+            if (x == st.max && j < first_max) first_max = j;
+            if (a.bias != nullptr) z[j] = x;     // the logits, for what reads them after the step
+            out[j] = a.row_scale != nullptr ? (p / n_rows) * scale : p / n_rows;
         });
-        if (g.lane == 0 && (y < 0 || y >= cols)) row_loss[row] = gn_nan<double>();
+        if (a.hits != nullptr) {
+            const long long predicted = group_min<WARP_PER_ROW>(first_max);
+            if (g.lane == 0) a.hits[row] = predicted == y ? 1 : 0;
+        }
+        if (g.lane == 0 && (y < 0 || y >= cols)) a.row_loss[row] = gn_nan<double>();
     }
 }
 
 template <typename T>
-__device__ void softmax_xent_warp(const T* logits, const long long* labels, long long rows, long long cols,
-                                  int slots, T* grad, double* row_loss) {
+__device__ void softmax_xent_warp(const XentArgs<T>& a, int slots) {
     switch (slots) {
-        case 1: softmax_xent_rows<T, true, 1>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        case 4: softmax_xent_rows<T, true, 4>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        case 32: softmax_xent_rows<T, true, 32>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        case 1: softmax_xent_rows<T, true, 1>(a, nullptr); break;
+        case 4: softmax_xent_rows<T, true, 4>(a, nullptr); break;
+        case 32: softmax_xent_rows<T, true, 32>(a, nullptr); break;
         default:
-            gn_fill_nan(grad, rows * cols);
-            gn_fill_nan(row_loss, rows);
+            gn_fill_nan(a.grad, a.rows * a.cols);
+            gn_fill_nan(a.row_loss, a.rows);
             break;
     }
 }
 
+// Every entry point takes the same arguments but its last int: `slots` (warp, block_regs)
+// or `use_cache` (block).
 extern "C" __global__ void __launch_bounds__(256) softmax_xent_warp_f32(
-        const float* logits, const long long* labels, long long rows, long long cols, int slots, float* grad,
-        double* row_loss) {
-    softmax_xent_warp<float>(logits, labels, rows, cols, slots, grad, row_loss);
+        float* logits, const float* bias, int has_bias, const long long* labels, const float* row_scale,
+        int has_scale, long long rows, long long cols, float* grad, double* row_loss, unsigned char* hits,
+        int has_hits, float* loss_out, unsigned* arrivals, int slots) {
+    softmax_xent_warp<float>(xent_args(logits, bias, has_bias, labels, row_scale, has_scale, rows, cols,
+                                   grad, row_loss, hits, has_hits), slots);
+    gn_finish_mean(row_loss, rows, (double)rows, loss_out, arrivals);
 }
 extern "C" __global__ void __launch_bounds__(256) softmax_xent_warp_f64(
-        const double* logits, const long long* labels, long long rows, long long cols, int slots, double* grad,
-        double* row_loss) {
-    softmax_xent_warp<double>(logits, labels, rows, cols, slots, grad, row_loss);
+        double* logits, const double* bias, int has_bias, const long long* labels, const double* row_scale,
+        int has_scale, long long rows, long long cols, double* grad, double* row_loss, unsigned char* hits,
+        int has_hits, double* loss_out, unsigned* arrivals, int slots) {
+    softmax_xent_warp<double>(xent_args(logits, bias, has_bias, labels, row_scale, has_scale, rows, cols,
+                                   grad, row_loss, hits, has_hits), slots);
+    gn_finish_mean(row_loss, rows, (double)rows, loss_out, arrivals);
 }
 extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f32(
-        const float* logits, const long long* labels, long long rows, long long cols, int use_cache, float* grad,
-        double* row_loss) {
-    softmax_xent_rows<float, false, 0>(logits, labels, rows, cols, shared_row_cache<float>(use_cache), grad,
-                                       row_loss);
+        float* logits, const float* bias, int has_bias, const long long* labels, const float* row_scale,
+        int has_scale, long long rows, long long cols, float* grad, double* row_loss, unsigned char* hits,
+        int has_hits, float* loss_out, unsigned* arrivals, int use_cache) {
+    softmax_xent_rows<float, false, 0>(xent_args(logits, bias, has_bias, labels, row_scale, has_scale, rows, cols,
+                                   grad, row_loss, hits, has_hits), shared_row_cache<float>(use_cache));
+    gn_finish_mean(row_loss, rows, (double)rows, loss_out, arrivals);
 }
 extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_f64(
-        const double* logits, const long long* labels, long long rows, long long cols, int use_cache, double* grad,
-        double* row_loss) {
-    softmax_xent_rows<double, false, 0>(logits, labels, rows, cols, shared_row_cache<double>(use_cache), grad,
-                                        row_loss);
+        double* logits, const double* bias, int has_bias, const long long* labels, const double* row_scale,
+        int has_scale, long long rows, long long cols, double* grad, double* row_loss, unsigned char* hits,
+        int has_hits, double* loss_out, unsigned* arrivals, int use_cache) {
+    softmax_xent_rows<double, false, 0>(xent_args(logits, bias, has_bias, labels, row_scale, has_scale, rows, cols,
+                                   grad, row_loss, hits, has_hits), shared_row_cache<double>(use_cache));
+    gn_finish_mean(row_loss, rows, (double)rows, loss_out, arrivals);
 }
 
 // Variant for long rows: one block of GN_BLOCK_REGS_THREADS per row, the row in registers
@@ -270,33 +369,38 @@ __device__ __forceinline__ bool block_regs_launch_ok(int slots) {
 }
 
 template <typename T>
-__device__ void softmax_xent_block_regs(const T* logits, const long long* labels, long long rows, long long cols,
-                                        int slots, T* grad, double* row_loss) {
+__device__ void softmax_xent_block_regs(const XentArgs<T>& a, int slots) {
     // a launch the launcher never makes (block size, a slot count without an instance) shows as NaN
     switch (block_regs_launch_ok<T>(slots) ? slots : 0) {
-        case 2: softmax_xent_rows<T, false, 2>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        case 4: softmax_xent_rows<T, false, 4>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        case 8: softmax_xent_rows<T, false, 8>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
-        case 16: softmax_xent_rows<T, false, 16>(logits, labels, rows, cols, nullptr, grad, row_loss); break;
+        case 2: softmax_xent_rows<T, false, 2>(a, nullptr); break;
+        case 4: softmax_xent_rows<T, false, 4>(a, nullptr); break;
+        case 8: softmax_xent_rows<T, false, 8>(a, nullptr); break;
+        case 16: softmax_xent_rows<T, false, 16>(a, nullptr); break;
         case 32:   // float only: block_regs_launch_ok refuses 32 doubles
-            if constexpr (sizeof(T) == 4) softmax_xent_rows<T, false, 32>(logits, labels, rows, cols, nullptr, grad, row_loss);
+            if constexpr (sizeof(T) == 4) softmax_xent_rows<T, false, 32>(a, nullptr);
             break;
         default:
-            gn_fill_nan(grad, rows * cols);
-            gn_fill_nan(row_loss, rows);
+            gn_fill_nan(a.grad, a.rows * a.cols);
+            gn_fill_nan(a.row_loss, a.rows);
             break;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_regs_f32(
-        const float* logits, const long long* labels, long long rows, long long cols, int slots, float* grad,
-        double* row_loss) {
-    softmax_xent_block_regs<float>(logits, labels, rows, cols, slots, grad, row_loss);
+        float* logits, const float* bias, int has_bias, const long long* labels, const float* row_scale,
+        int has_scale, long long rows, long long cols, float* grad, double* row_loss, unsigned char* hits,
+        int has_hits, float* loss_out, unsigned* arrivals, int slots) {
+    softmax_xent_block_regs<float>(xent_args(logits, bias, has_bias, labels, row_scale, has_scale, rows, cols,
+                                   grad, row_loss, hits, has_hits), slots);
+    gn_finish_mean(row_loss, rows, (double)rows, loss_out, arrivals);
 }
 extern "C" __global__ void __launch_bounds__(1024) softmax_xent_block_regs_f64(
-        const double* logits, const long long* labels, long long rows, long long cols, int slots, double* grad,
-        double* row_loss) {
-    softmax_xent_block_regs<double>(logits, labels, rows, cols, slots, grad, row_loss);
+        double* logits, const double* bias, int has_bias, const long long* labels, const double* row_scale,
+        int has_scale, long long rows, long long cols, double* grad, double* row_loss, unsigned char* hits,
+        int has_hits, double* loss_out, unsigned* arrivals, int slots) {
+    softmax_xent_block_regs<double>(xent_args(logits, bias, has_bias, labels, row_scale, has_scale, rows, cols,
+                                   grad, row_loss, hits, has_hits), slots);
+    gn_finish_mean(row_loss, rows, (double)rows, loss_out, arrivals);
 }
 
 // ---- row-wise softmax (inference) ----------------------------------------------------------
@@ -310,8 +414,8 @@ __device__ void softmax_rows(const T* z_all, long long rows, long long cols, T* 
         T* out = out_all + row * cols;
         RowShare<T, WARP_PER_ROW, SLOTS> share;
         share.cache = cache;
-        const RowStats<T> st = share.load(z, cols, g);
-        share.for_each(z, cols, g, [&](long long j, T x) { out[j] = gn_exp(x - st.max) / st.sum; });
+        const RowStats<T> st = share.load(z, nullptr, cols, g);
+        share.for_each(z, nullptr, cols, g, [&](long long j, T x) { out[j] = gn_exp(x - st.max) / st.sum; });
     }
 }
 

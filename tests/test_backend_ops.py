@@ -340,11 +340,14 @@ def test_sumsq_and_all_finite(backend, dtype, rng):
         assert not backend.all_finite(on_device(backend, y_host))
 
 
-def test_take_rows_and_matmul(backend, dtype, rng):
+def test_gather_rows_and_matmul(backend, dtype, rng):
     x_host = draw(rng, (9, 4), dtype)
+    labels_host = np.arange(9) * 3
     idx_host = np.array([8, 0, 3, 3])
-    got = backend.take_rows(on_device(backend, x_host), on_device(backend, idx_host))
-    np.testing.assert_array_equal(gn.to_numpy(got), x_host[idx_host])
+    got = backend.gather_rows(on_device(backend, idx_host), [on_device(backend, x_host), on_device(backend, labels_host)],
+                              [backend.empty((4, 4), dtype), backend.empty(4, np.int64)])
+    np.testing.assert_array_equal(gn.to_numpy(got[0]), x_host[idx_host])
+    np.testing.assert_array_equal(gn.to_numpy(got[1]), labels_host[idx_host])
     w_host = draw(rng, (4, 5), dtype)
     assert_close(backend.matmul(on_device(backend, x_host), on_device(backend, w_host)),
                  x_host.astype(np.float64) @ w_host.astype(np.float64), dtype, scale=10)

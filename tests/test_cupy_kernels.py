@@ -289,6 +289,7 @@ def test_softmax_xent_is_deterministic(gpu, dtype, rng, long_rows):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_long_rows_without_the_shared_memory_copy_agree_bitwise(gpu, monkeypatch, cols, dtype, rng):
     """Rows too long for shared memory are read twice instead of kept: same arithmetic, same bits."""
+    monkeypatch.setenv("GPUNET_LONG_ROWS", "shared")
     z = cupy.asarray(draw(rng, (37, cols), dtype, scale=4.0))
     labels = cupy.asarray(rng.integers(0, cols, size=37))
     kept = cupy.empty(z.shape, dtype=dtype)
@@ -303,18 +304,25 @@ def test_long_rows_without_the_shared_memory_copy_agree_bitwise(gpu, monkeypatch
     assert_bitwise(gpu.softmax(z), probs_kept)
 
 
+def _xent_kernel_args(z, labels, grad, row_loss, last):
+    """The softmax_xent_* kernels' arguments with no bias, row scale or hits."""
+    rows, cols = z.shape
+    return (z, z, np.int32(0), labels, z, np.int32(0), np.int64(rows), np.int64(cols), grad, row_loss,
+            row_loss.view(np.uint8), np.int32(0), cupy.empty((), z.dtype), cupy.zeros(1, np.uint32), np.int32(last))
+
+
 def test_register_rows_launched_wrongly_give_nan_losses(rng):
     z = cupy.asarray(draw(rng, (5, 2000), np.float32))
     labels = cupy.asarray(rng.integers(0, 2000, size=5))
     grad = cupy.empty((5, 2000), np.float32)
     row_loss = cupy.zeros(5, np.float64)
     kernel = sources.get_kernel("softmax_xent", "softmax_xent_block_regs_f32")
-    kernel((5,), (256,), (z, labels, np.int64(5), np.int64(2000), np.int32(2), grad, row_loss))   # not 1024
+    kernel((5,), (256,), _xent_kernel_args(z, labels, grad, row_loss, 2))   # not 1024
     assert np.isnan(host(row_loss)).all()
     row_loss[...] = 0      # 32 doubles per thread is not an instance: NaN losses too
     z64 = z.astype(np.float64)
     kernel64 = sources.get_kernel("softmax_xent", "softmax_xent_block_regs_f64")
-    kernel64((5,), (1024,), (z64, labels, np.int64(5), np.int64(2000), np.int32(32), z64.copy(), row_loss))
+    kernel64((5,), (1024,), _xent_kernel_args(z64, labels, z64.copy(), row_loss, 32))
     assert np.isnan(host(row_loss)).all()
 
 
@@ -338,9 +346,17 @@ def test_an_unknown_activation_id_writes_nan(dtype, rng):
     y, out = cupy.asarray(draw(rng, (rows, cols), dtype)), cupy.empty((rows, cols), dtype)
     grid = layout.reduction_grid(a.size)
     block_sums = cupy.zeros(grid, np.float64)
+    loss = cupy.zeros((), dtype)
     sources.get_kernel("mse", f"mse_grad_{suffix}")(
-        (grid,), (layout.BLOCK,), (a, y, np.int64(rows), np.int64(cols), unknown, t(1), t(1), out, block_sums))
-    assert np.isnan(host(out)).all() and np.isnan(host(block_sums)).all()
+        (grid,), (layout.BLOCK,), (a, a, np.int32(0), y, a, np.int32(0), np.int64(rows), np.int64(cols), unknown,
+                                   t(1), t(1), out, block_sums, loss, cupy.zeros(1, np.uint32)))
+    assert np.isnan(host(out)).all() and np.isnan(host(block_sums)).all() and np.isnan(host(loss))
+    grad = cupy.asarray(draw(rng, (rows, cols), dtype))
+    bias_grad = cupy.zeros(cols, dtype)
+    sources.get_kernel("activations", f"act_backward_colsum_{suffix}")(
+        (layout.grid_1d(cols),), (32, 8), (grad, a, np.int64(rows), np.int64(cols), np.int64(rows), unknown, t(1),
+                                           t(1), block_sums, bias_grad))
+    assert np.isnan(host(grad)).all() and np.isnan(host(bias_grad)).all()
 
 
 @pytest.mark.parametrize("kernel", ["softmax_xent_warp", "softmax_warp", "softmax_xent_block_regs",
@@ -354,7 +370,7 @@ def test_a_slot_count_without_an_instance_writes_nan_rows(kernel, rng):
     if kernel.startswith("softmax_xent"):
         labels = cupy.asarray(rng.integers(0, cols, size=rows))
         row_loss = cupy.zeros(rows, np.float64)
-        fn((3,), (threads,), (z, labels, np.int64(rows), np.int64(cols), np.int32(3), out, row_loss))
+        fn((3,), (threads,), _xent_kernel_args(z, labels, out, row_loss, 3))
         assert np.isnan(host(row_loss)).all()
     else:
         fn((3,), (threads,), (z, np.int64(rows), np.int64(cols), np.int32(3), out))

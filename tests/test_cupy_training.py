@@ -163,7 +163,7 @@ def train_steps(net, optimizer, x, t, steps, after_step=None):
         step(x, t)
         if after_step is not None:
             after_step(index)
-    return step.loss_sum, step.bad
+    return step.sums[0], step.bad
 
 
 def test_a_training_step_does_not_synchronise():

@@ -61,19 +61,17 @@ def test_minibatches_are_redrawn_each_epoch_and_cover_every_example(backend, rng
     X, y = blobs(rng, n_per_class=7)          # 21 examples: batches of 5, 5, 5, 5, 1
     net = gn.MLP([2, 4, 3], seed=0)
     seen = []
-    original = backend.take_rows
+    original = backend.gather_rows
 
-    def recording_take_rows(x, idx, out=None):
+    def recording_gather_rows(idx, srcs, outs):
         seen.append(gn.to_numpy(idx).copy())
-        return original(x, idx, out=out)
+        assert len(srcs) == 2        # features and targets, gathered together with the same indices
+        return original(idx, srcs, outs)
 
-    monkeypatch.setattr(backend, "take_rows", recording_take_rows)
+    monkeypatch.setattr(backend, "gather_rows", recording_gather_rows)
     net.fit(X, y, epochs=3, batch_size=5, lr=0.01, progress=False)
-    # features and targets are gathered with the same indices
-    assert all(np.array_equal(a, b) for a, b in zip(seen[0::2], seen[1::2]))
-    batches = seen[0::2]
-    assert [len(b) for b in batches] == [5, 5, 5, 5, 1] * 3
-    orders = [np.concatenate(batches[e * 5:(e + 1) * 5]) for e in range(3)]
+    assert [len(b) for b in seen] == [5, 5, 5, 5, 1] * 3
+    orders = [np.concatenate(seen[e * 5:(e + 1) * 5]) for e in range(3)]
     for order in orders:
         assert sorted(order.tolist()) == list(range(21))     # each example exactly once per epoch
     assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
@@ -83,11 +81,11 @@ def test_shuffle_false_walks_the_data_in_order(backend, rng, monkeypatch):
     X, y = blobs(rng, n_per_class=3)
     net = gn.MLP([2, 3], seed=0)
     seen = []
-    original = backend.take_rows
-    monkeypatch.setattr(backend, "take_rows",
-                        lambda x, idx, out=None: (seen.append(gn.to_numpy(idx).copy()), original(x, idx, out=out))[1])
+    original = backend.gather_rows
+    monkeypatch.setattr(backend, "gather_rows",
+                        lambda idx, srcs, outs: (seen.append(gn.to_numpy(idx).copy()), original(idx, srcs, outs))[1])
     net.fit(X, y, epochs=2, batch_size=4, lr=0.01, shuffle=False, progress=False)
-    assert [b.tolist() for b in seen[0::2]] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]] * 2
+    assert [b.tolist() for b in seen] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]] * 2
 
 
 # ---- the optimizer inside fit, against a hand-rolled loop ---------------------------------

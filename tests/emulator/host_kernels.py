@@ -26,7 +26,8 @@ from gpunet.cuda import sources
 HEADER = Path(__file__).with_name("cuda_host.h")
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\((\d+)\)\s+)?(\w+)\s*\(([^)]*)\)')
 _DYNAMIC_SMEM = "extern __shared__ double gn_dynamic_smem[];"
-_POINTERS = {"float*": np.float32, "double*": np.float64, "longlong*": np.int64, "bool*": np.bool_}
+_POINTERS = {"float*": np.float32, "double*": np.float64, "longlong*": np.int64, "bool*": np.bool_,
+             "unsigned*": np.uint32, "unsignedchar*": np.uint8}
 _SCALARS = {"float": (np.float32, ctypes.c_float), "double": (np.float64, ctypes.c_double),
             "longlong": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int)}
 DEFAULT_SMEM_LIMIT = 48 * 1024   # what a kernel gets before it opts into more
