@@ -228,3 +228,69 @@ def test_act_backward_with_bias_grad_is_one_launch_at_small_sizes(gpu, rng):
         gpu.act_backward(grad, a, act, bias_grad=bias)
         made = emulator.launch_counts() - before
         assert sum(made.values()) == launches, made
+
+
+# ---- the element-wise losses in a fit step: the output bias (and activation) and hits inside ----
+@pytest.mark.parametrize("name", ["sigmoid_bce", "poisson_exp"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (33, 10), (-(-WRAP_1D // 7), 7)])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "row_scale"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_canonical_losses_with_bias_and_hits_match_their_twins(gpu, ref, name, shape, weighted, dtype, rng):
+    if shape[0] * shape[1] > 10**6 and (weighted or dtype == np.float64):
+        pytest.skip("the grid-wrapping size is run once per loss")
+    z, bias = draw(rng, shape, dtype, scale=2.0), draw(rng, (shape[1],), dtype)
+    y = ((rng.random(shape) < 0.4) if name == "sigmoid_bce" else rng.poisson(2.0, shape)).astype(dtype)
+    scale = rng.uniform(0.5, 2.0, shape[0]).astype(dtype) if weighted else None
+    kw_ref, kw_gpu = {}, {}
+    if name == "sigmoid_bce":
+        kw_ref["hits"], kw_gpu["hits"] = np.empty(shape, np.uint8), cupy.full(shape, 9, np.uint8)
+    want_z, want_g = z.copy(), np.empty_like(z)
+    want = getattr(ref, name)(want_z, y, want_g, scale, bias=bias, **kw_ref)
+    got_z, got_g = cupy.asarray(z), cupy.empty(shape, dtype)
+    got = getattr(gpu, name)(got_z, cupy.asarray(y), got_g, None if scale is None else cupy.asarray(scale),
+                             bias=cupy.asarray(bias), **kw_gpu)
+    assert_bitwise(got_z, want_z)     # the logits, bias included, written back
+    assert_near(got_g, want_g, dtype, ulps=16, scale=float(np.abs(want_g).max()))
+    assert_near(got, want, dtype, ulps=16 + shape[0] // 1000, scale=max(1.0, abs(float(want))))
+    if kw_gpu:
+        assert_bitwise(kw_gpu["hits"], kw_ref["hits"])
+
+
+@pytest.mark.parametrize("act_name", list(ACTS))
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (128, 10), (-(-WRAP_1D // 5), 5)])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "row_scale"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_with_the_output_layer_inside_matches_its_twin(gpu, ref, act_name, shape, weighted, dtype, rng):
+    if shape[0] * shape[1] > 10**6 and (weighted or dtype == np.float64 or act_name not in ("identity", "sigmoid")):
+        pytest.skip("the grid-wrapping size is run for two activations")
+    act = ACTS[act_name]
+    aw, bias, y = draw(rng, shape, dtype), draw(rng, (shape[1],), dtype), draw(rng, shape, dtype)
+    scale = rng.uniform(0.5, 2.0, shape[0]).astype(dtype) if weighted else None
+    want_a, want_g = aw.copy(), np.empty_like(aw)
+    want = ref.mse_grad(want_a, y, act, want_g, scale, bias=bias)
+    got_a, got_g = cupy.asarray(aw), cupy.empty(shape, dtype)
+    got = gpu.mse_grad(got_a, cupy.asarray(y), act, got_g, None if scale is None else cupy.asarray(scale),
+                       bias=cupy.asarray(bias))
+    assert_near(got_a, want_a, dtype, ulps=4)        # f(A W + b), written back: the outputs
+    assert_near(got_g, want_g, dtype, ulps=16, scale=float(np.abs(want_g).max()))
+    assert_near(got, want, dtype, ulps=16 + shape[0] // 1000, scale=max(1.0, abs(float(want))))
+
+
+# ---- one-launch reductions ----------------------------------------------------------------------
+def test_one_launch_reductions_rearm_their_counter_and_agree_with_two_passes(gpu, ref, rng):
+    """The last block resets the arrivals counter: back-to-back launches of different grids
+    (sumsq, a loss) each see a full set of tickets, and give the two-pass values bit for bit."""
+    counter = gpu._arrivals()
+    for size in (1, 5000, 300_001, 17):
+        x = cupy.asarray(draw(rng, (size,), np.float64))
+        got = gpu.sumsq(x)
+        assert int(host(counter)[0]) == 0
+        want = (host(x).astype(np.float64) ** 2).sum()
+        np.testing.assert_allclose(float(host(got)), want, rtol=1e-12)
+    z = cupy.asarray(draw(rng, (4000, 12), np.float64))
+    labels = cupy.asarray(rng.integers(0, 12, 4000))
+    first = gpu.softmax_xent(z, labels, cupy.empty(z.shape, np.float64))
+    again = gpu.softmax_xent(z, labels, cupy.empty(z.shape, np.float64))
+    assert_bitwise(first, again) and int(host(counter)[0]) == 0
+    want = ref.softmax_xent(host(z), host(labels), np.empty(z.shape))
+    assert_near(first, float(want), np.float64, ulps=64, scale=1.0)
