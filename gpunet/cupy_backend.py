@@ -16,6 +16,8 @@ a buffer (which their interleaved launches would overwrite).
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import threading
 
@@ -44,6 +46,27 @@ def _fusable(*arrays) -> bool:
 
 def _data_ptr(a) -> int:
     return a.data.ptr
+
+
+def _gemm_operands(a, b, out) -> bool:
+    """Whether gpunet's GEMM kernel takes a @ b into out: one float dtype, out C-contiguous and
+    apart from a and b, each of a and b C-contiguous or a transposed C-contiguous array, not
+    both transposed."""
+    if not _fusable(out) or out.ndim != 2 or a.ndim != 2 or b.ndim != 2:
+        return False
+    transposed = []
+    for x in (a, b):
+        if not isinstance(x, cupy.ndarray) or x.dtype != out.dtype:
+            return False
+        if x.flags.c_contiguous:
+            transposed.append(False)
+        elif x.T.flags.c_contiguous:
+            transposed.append(True)
+        else:
+            return False
+        if cupy.may_share_memory(x, out):
+            return False
+    return not all(transposed)
 
 
 def _same_or_disjoint(a, b) -> bool:
@@ -161,8 +184,22 @@ class CupyBackend(NumpyBackend):
         return arr
 
     # ---- dense layer --------------------------------------------------------------
+    @contextlib.contextmanager
+    def kernel_gemms(self):
+        """Within the block (in this thread), ``matmul`` into a given ``out`` runs gpunet's GEMM
+        kernel (kernels/gemm.cu) instead of cuBLAS: what a CUDA graph can capture."""
+        before = getattr(self._per_thread, "kernel_gemms", False)
+        self._per_thread.kernel_gemms = True
+        try:
+            yield
+        finally:
+            self._per_thread.kernel_gemms = before
+
     def matmul(self, a, b, out=None):
-        """``a @ b`` by cuBLAS into ``out``; float32 in exact FP32 unless ``allow_tf32``."""
+        """``a @ b`` by cuBLAS into ``out``; float32 in exact FP32 unless ``allow_tf32``.
+        Inside ``kernel_gemms``, by gpunet's own kernel where the operands suit it."""
+        if (out is not None and getattr(self._per_thread, "kernel_gemms", False) and _gemm_operands(a, b, out)):
+            return launch.gemm(a, b, out)
         if a.dtype != np.float32 or b.dtype != np.float32:
             return cupy.matmul(a, b, out=out)
         from cupy._core import _routines_linalg as linalg

@@ -18,7 +18,7 @@ from .layout import BLOCK, RowLayout, grid_1d, reduction_grid
 
 __all__ = ["bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "canonical_loss", "column_sums", "sumsq",
            "sgd_update", "adam_update", "rmsprop_update", "act_backward_colsum", "gather_rows", "finish_step", "squared_error_sums",
-           "FINISH_SINGLE_BLOCK_MAX"]
+           "FINISH_SINGLE_BLOCK_MAX", "gemm", "GEMM_TILE"]
 
 
 # ---- launch helpers -----------------------------------------------------------------------
@@ -528,3 +528,45 @@ def squared_error_sums(out, targets, sums, *, exp_outputs=False):
     fn((min(-(-cols // 32), 65535),), (32, 8), (out, targets, np.int64(rows), np.int64(cols),
                                                  np.int32(bool(exp_outputs)), sums))
     return sums
+
+
+# ---- GEMM (kernels/gemm.cu) ---------------------------------------------------------------
+GEMM_TILE = 64
+
+
+def _stored(x, name):
+    """(the C-contiguous array x is, or is the transpose of; whether it is transposed)."""
+    import cupy
+    if not isinstance(x, cupy.ndarray) or x.ndim != 2:
+        raise TypeError(f"{name} must be a 2-D cupy.ndarray")
+    if x.flags.c_contiguous:
+        return x, False
+    if x.T.flags.c_contiguous:
+        return x.T, True
+    raise ValueError(f"{name} must be C-contiguous or the transpose of a C-contiguous array")
+
+
+def gemm(a, b, out):
+    """``out = a @ b`` by gpunet's tiled kernel (one launch, capturable in a CUDA graph).
+    a (M, K), b (K, N), out (M, N) of one float dtype; a and b C-contiguous or transposed
+    views of C-contiguous arrays (not both transposed); out C-contiguous, not overlapping them."""
+    a_stored, trans_a = _stored(a, "a")
+    b_stored, trans_b = _stored(b, "b")
+    _check("out", out, ndim=2)
+    for name, arr in (("a", a_stored), ("b", b_stored)):
+        if arr.dtype != out.dtype:
+            raise TypeError(f"{name} has dtype {arr.dtype}, out {out.dtype}")
+    (m, k), (k2, n) = a.shape, b.shape
+    if k != k2 or out.shape != (m, n):
+        raise ValueError(f"shapes disagree: {a.shape} @ {b.shape} into {out.shape}")
+    if trans_a and trans_b:
+        raise ValueError("gemm takes at most one transposed operand")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out.fill(0)
+        return out
+    fn = sources.get_kernel("gemm", f"gemm_{_suffix(out.dtype)}")
+    fn((-(-n // GEMM_TILE), -(-m // GEMM_TILE)), (16, 16),
+       (a_stored, b_stored, out, np.int64(m), np.int64(n), np.int64(k), np.int32(trans_a), np.int32(trans_b)))
+    return out

@@ -30,7 +30,7 @@ __all__ = ["KERNEL_TOPICS", "PRELUDE", "NVRTC_OPTIONS", "CUPY_APPENDED_OPTIONS",
            "module_source", "activation_source", "kernel_names", "get_kernel", "load_all", "compile_sources",
            "compile_ptx", "nvrtc_version", "nvcc_path"]
 
-KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "canonical_losses", "reduce", "step", "optim")
+KERNEL_TOPICS = ("activations", "softmax_xent", "mse", "canonical_losses", "reduce", "step", "optim", "gemm")
 PRELUDE = "common.cuh"      # device helpers put in front of every topic (see module_source)
 
 # NVRTC 12/13 defaults to C++17, which the sources need at most; no options are required.
