@@ -162,6 +162,8 @@ class CupyBackend(NumpyBackend):
         key = (tag, cupy.cuda.runtime.getDevice())
         buf = buffers.get(key)
         if buf is None or buf.shape[0] < n:
+            if buf is not None:     # kept alive: a captured graph may still write to it
+                self._per_thread.__dict__.setdefault("retired", []).append(buf)
             buf = cupy.empty(max(n, 1), dtype=np.float64)
             buffers[key] = buf
         return buf[:n]
@@ -184,6 +186,55 @@ class CupyBackend(NumpyBackend):
         return arr
 
     # ---- dense layer --------------------------------------------------------------
+    # ---- CUDA graphs -----------------------------------------------------------------
+    can_capture_graphs = True
+
+    def copy_to_device(self, dst, host):
+        if not (isinstance(dst, cupy.ndarray) and dst.flags.c_contiguous):
+            return super().copy_to_device(dst, host)
+        dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
+        return dst
+
+    def capture(self, fn):
+        """Record the launches of ``fn()`` as a CUDA graph, without running them: on a stream
+        of this thread's own, in capture. Inside, results that would be fresh 0-d arrays (a
+        loss, a norm) are this thread's kept ones, since a graph writes to fixed addresses;
+        they hold the last replay's value. Returns the graph: ``graph.launch()`` replays it on
+        the current stream."""
+        stream = getattr(self._per_thread, "capture_stream", None)
+        if stream is None:
+            stream = self._per_thread.capture_stream = cupy.cuda.Stream(non_blocking=True)
+        for dtype in _KERNEL_DTYPES:       # made now: a capture allocates nothing
+            self._keep_scalar(dtype)
+        self._per_thread.capturing = True
+        try:
+            with stream:
+                stream.begin_capture()
+                try:
+                    fn()
+                finally:
+                    graph = stream.end_capture()
+        finally:
+            self._per_thread.capturing = False
+        return graph
+
+    def _result_scalar(self, dtype):
+        """A 0-d array for a result: fresh (the caller may keep it), or inside ``capture``
+        this thread's kept one for the dtype."""
+        if getattr(self._per_thread, "capturing", False):
+            return self._keep_scalar(dtype)
+        return cupy.empty((), dtype=dtype)
+
+    def _keep_scalar(self, dtype):
+        """This thread's kept 0-d result for ``dtype`` (made on first use)."""
+        kept = getattr(self._per_thread, "kept_scalars", None)
+        if kept is None:
+            kept = self._per_thread.kept_scalars = {}
+        key = (np.dtype(dtype).str, cupy.cuda.runtime.getDevice())
+        if key not in kept:
+            kept[key] = cupy.empty((), dtype=dtype)
+        return kept[key]
+
     @contextlib.contextmanager
     def kernel_gemms(self):
         """Within the block (in this thread), ``matmul`` into a given ``out`` runs gpunet's GEMM
@@ -271,7 +322,7 @@ class CupyBackend(NumpyBackend):
         if labels.dtype != np.int64 or not labels.flags.c_contiguous:
             labels = cupy.ascontiguousarray(labels, dtype=np.int64)
         row_loss = self._scratch("row_loss", rows)
-        loss = cupy.empty((), dtype=logits.dtype)   # fresh: the caller may keep it
+        loss = self._result_scalar(logits.dtype)
         return launch.softmax_xent(logits, labels, grad_out, row_loss, loss, self._arrivals(), bias=bias,
                                    row_scale=row_scale,
                                    hits=None if hits is None else hits.view(np.uint8))
@@ -319,7 +370,7 @@ class CupyBackend(NumpyBackend):
     def _loss_scratch(self, z):
         """(block_sums, loss_out, arrivals) of an element-wise reduction over z in one launch:
         the thread's scratch and counter, and a fresh 0-d result (the caller may keep it)."""
-        return (self._scratch("block_sums", layout.reduction_grid(z.size)), cupy.empty((), dtype=z.dtype),
+        return (self._scratch("block_sums", layout.reduction_grid(z.size)), self._result_scalar(z.dtype),
                 self._arrivals())
 
     def _arrivals(self):
@@ -340,16 +391,25 @@ class CupyBackend(NumpyBackend):
         return launch.sumsq(x, *self._loss_scratch(x))
 
     # ---- the bookkeeping of a fit step --------------------------------------------
-    def gather_rows(self, idx, srcs, outs):
+    def gather_rows(self, idx, srcs, outs, *, step=None, step_stride=0):
         if (not isinstance(idx, cupy.ndarray) or idx.ndim != 1 or idx.dtype.kind not in "iu"
                 or not all(isinstance(a, cupy.ndarray) and a.flags.c_contiguous and a.itemsize % 4 == 0
                            for a in (*srcs, *outs))
                 or any(o.dtype != a.dtype or o.shape[1:] != a.shape[1:] for a, o in zip(srcs, outs))
-                or not 1 <= len(srcs) <= 3):
-            return super().gather_rows(idx, srcs, outs)
+                or not 1 <= len(srcs) <= 3
+                or (step is not None and not (isinstance(step, cupy.ndarray) and step.dtype == np.int64
+                                              and step.ndim == 0))):
+            return super().gather_rows(idx, srcs, outs, step=step, step_stride=step_stride)
         if idx.dtype != np.int64 or not idx.flags.c_contiguous:
             idx = cupy.ascontiguousarray(idx, dtype=np.int64)
-        return launch.gather_rows(idx, srcs, outs)
+        if step is None:
+            step, step_stride = self._constant(0, np.int64), 0
+        return launch.gather_rows(idx, srcs, outs, step, step_stride)
+
+    def advance_step(self, counter):
+        if not (isinstance(counter, cupy.ndarray) and counter.dtype == np.int64 and counter.ndim == 0):
+            return super().advance_step(counter)
+        return launch.advance_step(counter)
 
     def finish_step(self, loss, grads, sums, bad, scale, *, batch_weight, clip_norm, hits=None):
         weighted = isinstance(batch_weight, cupy.ndarray)
@@ -376,14 +436,33 @@ class CupyBackend(NumpyBackend):
             return super().squared_error_sums(out, targets, sums, exp_outputs=exp_outputs)
         return launch.squared_error_sums(out, targets, sums, exp_outputs=exp_outputs)
 
-    def sgd_update(self, params, grads, velocity, hyper, *, n_decay, scale, skip):
+    def sgd_update(self, params, grads, velocity, hyper, *, n_decay, scale, skip, step_table=None):
         arrays = (params, grads, velocity) if hyper.momentum else (params, grads)
-        if not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays):
-            return super().sgd_update(params, grads, velocity, hyper, n_decay=n_decay, scale=scale, skip=skip)
+        table = self._step_table_args(step_table, params.dtype)
+        if (not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays)
+                or table is None):
+            return super().sgd_update(params, grads, velocity, hyper, n_decay=n_decay, scale=scale, skip=skip,
+                                      step_table=step_table)
         flags = self._device_scale_and_skip(scale, skip, params.dtype)
         if flags is None:      # a true host flag: nothing to launch
             return params
-        return launch.sgd_update(params, grads, velocity, hyper, n_decay=int(n_decay), scale=flags[0], skip=flags[1])
+        return launch.sgd_update(params, grads, velocity, hyper, n_decay=int(n_decay), scale=flags[0], skip=flags[1],
+                                 **table)
+
+    def _step_table_args(self, step_table, dtype):
+        """The optimizer kernels' (step_table, step, use_table) arguments, cached stand-ins
+        when there is no table; None when the table does not suit the kernels."""
+        if step_table is None:
+            key = ("no_table", np.dtype(dtype).str, cupy.cuda.runtime.getDevice())
+            rows = self._constants.get(key)
+            if rows is None:
+                rows = self._constants[key] = cupy.zeros((1, launch.STEP_TABLE_WIDTH), dtype=dtype)
+            return {"step_table": rows, "step": self._constant(0, np.int64), "use_table": False}
+        rows, step = step_table.rows, step_table.step
+        if (not _fusable(rows) or rows.dtype != dtype or rows.ndim != 2 or rows.shape[1] != launch.STEP_TABLE_WIDTH
+                or not isinstance(step, cupy.ndarray) or step.dtype != np.int64 or step.ndim != 0):
+            return None
+        return {"step_table": rows, "step": step, "use_table": True}
 
     def _device_scale_and_skip(self, scale, skip, dtype):
         """(scale, skip) as the 0-d device arrays the optimizer kernels read, or None when
@@ -407,31 +486,37 @@ class CupyBackend(NumpyBackend):
             scale = cupy.full((), float(scale), dtype=dtype)
         return scale, skip
 
-    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip, skipped=None):
+    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip, skipped=None,
+                    step_table=None):
         arrays = (params, grads, exp_avg, exp_avg_sq)
+        table = self._step_table_args(step_table, params.dtype)
         if (not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays)
+                or table is None
                 or (skipped is not None and not (isinstance(skipped, cupy.ndarray) and skipped.dtype == np.int64
                                                  and skipped.size == 1))):
             return super().adam_update(params, grads, exp_avg, exp_avg_sq, hyper, step=step, n_decay=n_decay,
-                                       scale=scale, skip=skip, skipped=skipped)
+                                       scale=scale, skip=skip, skipped=skipped, step_table=step_table)
         flags = self._device_scale_and_skip(scale, skip, params.dtype)
         if flags is None:
             if skipped is not None:
                 skipped += 1
             return params
-        return launch.adam_update(params, grads, exp_avg, exp_avg_sq, hyper, step=int(step), n_decay=int(n_decay),
+        return launch.adam_update(params, grads, exp_avg, exp_avg_sq, hyper, t=int(step), n_decay=int(n_decay),
                                   scale=flags[0], skip=flags[1],
                                   skipped=self._constant(0, np.int64) if skipped is None else skipped.reshape(()),
-                                  count_skips=skipped is not None)
+                                  count_skips=skipped is not None, **table)
 
-    def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip):
+    def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip,
+                       step_table=None):
         arrays = [params, grads, square_avg] + ([grad_avg] if hyper.centered else []) \
             + ([momentum_buf] if hyper.momentum else [])
-        if not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays):
+        table = self._step_table_args(step_table, params.dtype)
+        if (not _fusable(*arrays) or params.ndim != 1 or any(a.shape != params.shape for a in arrays)
+                or table is None):
             return super().rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, hyper,
-                                          n_decay=n_decay, scale=scale, skip=skip)
+                                          n_decay=n_decay, scale=scale, skip=skip, step_table=step_table)
         flags = self._device_scale_and_skip(scale, skip, params.dtype)
         if flags is None:
             return params
         return launch.rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, hyper, n_decay=int(n_decay),
-                                     scale=flags[0], skip=flags[1])
+                                     scale=flags[0], skip=flags[1], **table)

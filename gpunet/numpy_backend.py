@@ -12,6 +12,7 @@ whose attributes the ops read; this module imports neither.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -58,6 +59,25 @@ class NumpyBackend:
 
     def synchronize(self):
         """Wait for queued device work (a no-op on the CPU)."""
+
+    def copy_to_device(self, dst, host):
+        """``dst[...] = host``: a host array into an existing backend array (a copy to the
+        device on a GPU, no new allocation)."""
+        dst[...] = host
+        return dst
+
+    # CUDA graphs (gpunet.step_graph): a backend that can record its launches and replay them
+    # says so; the CPU has nothing to capture.
+    can_capture_graphs = False
+
+    def kernel_gemms(self):
+        """Within the block, ``matmul`` takes the backend's own GEMM kernel where it has one
+        (what a graph can capture); NumPy's matmul is the only one here."""
+        return contextlib.nullcontext()
+
+    def capture(self, fn):
+        """Record the launches ``fn()`` makes as a graph (``.launch()`` replays them)."""
+        raise NotImplementedError(f"the {self.name} backend has no graphs to capture")
 
     # Ordering work between threads that queue it on different device streams (a model's
     # readers and its fit, see gpunet.concurrency). On the CPU every op has finished when
@@ -229,13 +249,23 @@ class NumpyBackend:
         return self.xp.vdot(x, x).real if x.ndim == 1 else (x * x).sum()
 
     # ---- the bookkeeping of a fit step --------------------------------------------
-    def gather_rows(self, idx, srcs, outs):
+    def gather_rows(self, idx, srcs, outs, *, step=None, step_stride=0):
         """Fusable: ``outs[k][:] = srcs[k][idx]`` for each pair (a batch's features, targets
-        and weights, one launch on the GPU). idx (R,) ints in [0, S); srcs[k] (S, ...), outs[k]
-        (R, ...) of the source's dtype."""
+        and weights, one launch on the GPU). idx ints in [0, S); srcs[k] (S, ...), outs[k]
+        (R, ...) of the source's dtype. With ``step`` (a graph's step counter, a 0-d array)
+        the indices are ``idx[step * step_stride:][:R]``: a captured step reads its batch's
+        place in the epoch from memory."""
+        if step is not None:
+            first = int(step) * step_stride
+            idx = idx[first:first + outs[0].shape[0]]
         for src, out in zip(srcs, outs):
             self.xp.take(src, idx, axis=0, out=out)
         return outs
+
+    def advance_step(self, counter):
+        """Fusable: ``counter += 1`` (a graph's step counter, a 0-d int64 array), in place."""
+        counter += 1
+        return counter
 
     def finish_step(self, loss, grads, sums, bad, scale, *, batch_weight, clip_norm, hits=None):
         """Fusable: what a fit step does between its backward pass and its update, in place.
@@ -284,8 +314,14 @@ class NumpyBackend:
     # AdamHyper, RMSpropHyper: checked Python numbers); ``n_decay`` is the length of the
     # weights prefix of the flat buffers (decayed; the biases after it are not), ``scale``
     # the clipping factor (a 0-d array or a float) and ``skip`` a 0-d bool array or a bool:
-    # when true nothing changes.
-    def sgd_update(self, params, grads, velocity, hyper, *, n_decay, scale, skip):
+    # when true nothing changes. ``step_table`` (a graph's steps, gpunet.optim.StepTable):
+    # the scalars that change between steps come from row ``step_table.step`` of
+    # ``step_table.rows`` instead (the learning rate in column 0; Adam's three in 0-2).
+    @staticmethod
+    def _table_row(step_table):
+        return step_table.rows[int(step_table.step)]
+
+    def sgd_update(self, params, grads, velocity, hyper, *, n_decay, scale, skip, step_table=None):
         """Fusable: one SGD step over the whole flat parameter buffer, in place.
 
         params, grads, velocity: 1-D, same length P (velocity may be None without momentum).
@@ -304,10 +340,12 @@ class NumpyBackend:
             step = g + momentum * velocity if hyper.nesterov else velocity
         else:
             step = g
-        params -= self.xp.asarray(hyper.lr, dtype=params.dtype) * step
+        lr = hyper.lr if step_table is None else self._table_row(step_table)[0]
+        params -= self.xp.asarray(lr, dtype=params.dtype) * step
         return params
 
-    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip, skipped=None):
+    def adam_update(self, params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip, skipped=None,
+                    step_table=None):
         """Fusable: one Adam (or AdamW) step over the whole flat parameter buffer, in place.
 
         params, grads, exp_avg (m), exp_avg_sq (v): 1-D, same length P. ``step`` is the
@@ -329,20 +367,25 @@ class NumpyBackend:
                 skipped += 1
             return params
         lr, beta1, beta2 = hyper.lr, hyper.beta1, hyper.beta2
+        if step_table is None:
+            step_size = lr / (1.0 - beta1 ** step)
+            sqrt_bias_correction2 = math.sqrt(1.0 - beta2 ** step)
+            decay_factor = 1.0 - lr * hyper.decoupled_weight_decay
+        else:
+            step_size, sqrt_bias_correction2, decay_factor = self._table_row(step_table)[:3]
         g = self._decayed_gradient(params, grads, scale, hyper.weight_decay, n_decay)
         if hyper.decoupled_weight_decay:
-            params[:n_decay] *= 1.0 - lr * hyper.decoupled_weight_decay
+            params[:n_decay] *= decay_factor
         exp_avg *= beta1
         exp_avg += (1.0 - beta1) * g
         exp_avg_sq *= beta2
         exp_avg_sq += (1.0 - beta2) * (g * g)
-        bias_correction1 = 1.0 - beta1 ** step
-        bias_correction2 = 1.0 - beta2 ** step
-        denom = self.xp.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + hyper.eps
-        params -= (lr / bias_correction1) * exp_avg / denom
+        denom = self.xp.sqrt(exp_avg_sq) / sqrt_bias_correction2 + hyper.eps
+        params -= step_size * exp_avg / denom
         return params
 
-    def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip):
+    def rmsprop_update(self, params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip,
+                       step_table=None):
         """Fusable: one RMSprop step over the whole flat parameter buffer, in place.
 
         params, grads, square_avg: 1-D, same length P; ``grad_avg`` (only when ``centered``)
@@ -362,6 +405,8 @@ class NumpyBackend:
             return params
         xp = self.xp
         lr, alpha, eps, momentum = hyper.lr, hyper.alpha, hyper.eps, hyper.momentum
+        if step_table is not None:
+            lr = self._table_row(step_table)[0]
         g = self._decayed_gradient(params, grads, scale, hyper.weight_decay, n_decay)
         square_avg *= alpha
         square_avg += (1.0 - alpha) * (g * g)

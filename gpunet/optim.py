@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from .validation import check_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "SGDHyper", "AdamHyper", "RMSpropHyper",
-           "OPTIMIZERS", "make_optimizer"]
+           "OPTIMIZERS", "make_optimizer", "StepTable", "STEP_TABLE_WIDTH"]
 
 
 def _rate(name, value):
@@ -90,6 +93,13 @@ class AdamHyper(_Hyper):
     _checks = {"lr": _non_negative, "beta1": _fraction, "beta2": _fraction, "eps": _rate,
                "weight_decay": _non_negative, "decoupled_weight_decay": _non_negative}
 
+    def step_scalars(self, t: int) -> tuple:
+        """The update's scalars at step t (1-based), in double: the step size
+        ``lr / (1 - beta1^t)``, ``sqrt(1 - beta2^t)`` and the decay factor
+        ``1 - lr * decoupled_weight_decay``; the kernel rounds each once to its type."""
+        return (self.lr / (1.0 - self.beta1 ** t), math.sqrt(1.0 - self.beta2 ** t),
+                1.0 - self.lr * self.decoupled_weight_decay)
+
 
 @dataclass(frozen=True)
 class RMSpropHyper(_Hyper):
@@ -106,12 +116,40 @@ class RMSpropHyper(_Hyper):
                "weight_decay": _non_negative}
 
 
+STEP_TABLE_WIDTH = 4     # scalars per step row (kernels/optim.cu: GN_STEP_TABLE_WIDTH)
+
+
+class StepTable:
+    """The scalars that change between the steps of an epoch a CUDA graph replays (its
+    learning rates, Adam's bias corrections), one row per step in device memory, and
+    ``step``, the device counter of the step running, which the graph's last launch advances:
+    a replayed launch cannot take new arguments, so the update kernels read these instead.
+    ``load`` writes an epoch's rows (``Optimizer.table_rows``) and zeroes the counter."""
+
+    def __init__(self, backend, capacity: int, dtype):
+        self.backend = backend
+        self.rows = backend.zeros((max(1, capacity), STEP_TABLE_WIDTH), dtype)
+        self.step = backend.zeros((), np.int64)
+
+    def load(self, rows: np.ndarray):
+        if rows.shape[0] > self.rows.shape[0] or rows.shape[1] != STEP_TABLE_WIDTH:
+            raise ValueError(f"{rows.shape[0]} rows of {rows.shape[1]} for a table of shape {self.rows.shape}")
+        self.backend.copy_to_device(self.rows[:rows.shape[0]], rows.astype(self.rows.dtype))
+        self.step.fill(0)
+
+
 class Optimizer:
     """Base class. ``hyper`` is the frozen hyper-parameter value; ``lr`` reads and replaces its
-    learning rate (schedules and the scikit-learn estimators set it)."""
+    learning rate (schedules and the scikit-learn estimators set it).
+
+    An optimizer that fit may run inside a CUDA graph (``supports_step_tables``) also gives
+    ``table_rows(lrs, model_weight_decay)``, its per-step scalars for the next steps with
+    learning rates ``lrs``, takes ``step(..., step_table=...)`` to read them from the device,
+    and ``advance(steps)`` accounts for steps run that way."""
 
     name = "optimizer"
     hyper: _Hyper
+    supports_step_tables = False
 
     @property
     def lr(self) -> float:
@@ -137,6 +175,15 @@ class Optimizer:
         """Take the steps the backend skipped on the device (after a non-finite gradient)
         back out of any step count; called by ``fit`` when it reports the divergence."""
 
+    def table_rows(self, lrs, model_weight_decay=0.0) -> np.ndarray:
+        """(len(lrs), STEP_TABLE_WIDTH) float64: column 0 the learning rate of each step."""
+        rows = np.zeros((len(lrs), STEP_TABLE_WIDTH))
+        rows[:, 0] = [self._update_hyper(lr, model_weight_decay).lr for lr in lrs]
+        return rows
+
+    def advance(self, steps: int):
+        """Account for ``steps`` updates run from a step table (nothing to count here)."""
+
     def __repr__(self):
         fields = ", ".join(f"{f.name}={getattr(self.hyper, f.name)!r}" for f in dataclasses.fields(self.hyper))
         return f"{type(self).__name__}({fields})"
@@ -152,6 +199,7 @@ class SGD(Optimizer):
     """
 
     name = "sgd"
+    supports_step_tables = True
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
         self.hyper = SGDHyper(lr=_rate("lr", lr), momentum=momentum, nesterov=nesterov)
@@ -168,17 +216,19 @@ class SGD(Optimizer):
     def reset(self):
         self.velocity = None
 
-    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None):
+    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None,
+             step_table=None):
         """Update ``params`` (flat, length P) in place from ``grads`` (flat, length P).
 
         ``weight_decay`` is the model's L2 lambda, ``n_decay`` the length of the weights
         prefix, ``lr`` overrides the optimizer's rate for this step (schedules); ``scale``
-        (clipping) and ``skip`` as the backend's update ops take them.
+        (clipping) and ``skip`` as the backend's update ops take them; ``step_table`` (a
+        ``StepTable`` of ``table_rows``): the learning rate is read from its current row.
         """
         if self.momentum:
             self.velocity = _fresh_or_kept(backend, self.velocity, params)
         backend.sgd_update(params, grads, self.velocity, self._update_hyper(lr, weight_decay),
-                           n_decay=n_decay, scale=scale, skip=skip)
+                           n_decay=n_decay, scale=scale, skip=skip, step_table=step_table)
 
 
 def _fresh_or_kept(backend, buffer, params):
@@ -211,6 +261,7 @@ class Adam(Optimizer):
     """
 
     name = "adam"
+    supports_step_tables = True
     _decoupled = False
 
     def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
@@ -243,15 +294,18 @@ class Adam(Optimizer):
         return (f"{type(self).__name__}(lr={self.lr:g}, betas={self.betas}, eps={self.eps:g}, "
                 f"weight_decay={self.weight_decay:g})")
 
-    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None):
+    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None,
+             step_table=None):
         """Update ``params`` (flat, length P) in place from ``grads`` (flat, length P); the
-        arguments as for ``SGD.step``."""
+        arguments as for ``SGD.step``. With a ``step_table`` the step count is the table's
+        (``advance`` adds the steps run from it afterwards)."""
         exp_avg = _fresh_or_kept(backend, self.exp_avg, params)
         if exp_avg is not self.exp_avg:          # new or changed parameters: start over
             self.exp_avg = exp_avg
             self.exp_avg_sq = backend.zeros(params.shape, params.dtype)
             self.step_count = 0
-        self.step_count += 1
+        if step_table is None:
+            self.step_count += 1
         skipped = None
         if not isinstance(skip, (bool, int)) and not backend.host_reads_are_free:
             # a device flag: the update counts a skipped step there (read back only when fit
@@ -262,7 +316,19 @@ class Adam(Optimizer):
         elif skip:
             self.step_count -= 1
         backend.adam_update(params, grads, self.exp_avg, self.exp_avg_sq, self._update_hyper(lr, weight_decay),
-                            step=self.step_count, n_decay=n_decay, scale=scale, skip=skip, skipped=skipped)
+                            step=max(self.step_count, 1), n_decay=n_decay, scale=scale, skip=skip, skipped=skipped,
+                            step_table=step_table)
+
+    def table_rows(self, lrs, model_weight_decay=0.0) -> np.ndarray:
+        """Rows for the next len(lrs) steps, t = step_count + 1, ...: the step size, sqrt of
+        the second bias correction and the decay factor (``AdamHyper.step_scalars``)."""
+        rows = np.zeros((len(lrs), STEP_TABLE_WIDTH))
+        for i, lr in enumerate(lrs):
+            rows[i, :3] = self._update_hyper(lr, model_weight_decay).step_scalars(self.step_count + 1 + i)
+        return rows
+
+    def advance(self, steps: int):
+        self.step_count += int(steps)
 
     def discard_skipped_steps(self):
         if self._skipped is not None:
@@ -295,6 +361,7 @@ class RMSprop(Optimizer):
     """
 
     name = "rmsprop"
+    supports_step_tables = True
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False):
@@ -311,7 +378,8 @@ class RMSprop(Optimizer):
     def reset(self):
         self.square_avg = self.grad_avg = self.momentum_buf = None
 
-    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None):
+    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None,
+             step_table=None):
         """Update ``params`` (flat, length P) in place from ``grads`` (flat, length P); the
         arguments as for ``SGD.step``."""
         square_avg = _fresh_or_kept(backend, self.square_avg, params)
@@ -320,7 +388,8 @@ class RMSprop(Optimizer):
             self.grad_avg = backend.zeros(params.shape, params.dtype) if self.centered else None
             self.momentum_buf = backend.zeros(params.shape, params.dtype) if self.momentum else None
         backend.rmsprop_update(params, grads, self.square_avg, self.grad_avg, self.momentum_buf,
-                               self._update_hyper(lr, weight_decay), n_decay=n_decay, scale=scale, skip=skip)
+                               self._update_hyper(lr, weight_decay), n_decay=n_decay, scale=scale, skip=skip,
+                               step_table=step_table)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}

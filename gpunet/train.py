@@ -32,6 +32,7 @@ from .metrics import (accuracy, labels_of, metric_from_sums, metric_name, predic
                       r2_score, total_sum_of_squares)
 from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
+from .step_graph import StepGraph, graphs_wanted
 from .validation import check_bool, check_int, check_real, check_sample_weight
 
 __all__ = ["fit", "History", "TrainingDiverged", "TrainingStep", "FitPlan", "prepare", "batches", "run_epoch",
@@ -250,27 +251,50 @@ class TrainingStep:
     def __call__(self, x, targets, row_scale=None, batch_weight=None, lr=None):
         """One step on the batch (x, targets) with per-example ``row_scale`` (and their sum
         ``batch_weight``; default the batch size); ``lr`` overrides the optimizer's rate."""
-        net, be = self.net, self.net.backend
-        ws, hits = self._buffers.get(x.shape[0]) or self._buffers_for(x.shape[0])
         self.steps += 1
         with np.errstate(over="ignore", invalid="ignore"):
-            loss = net.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=False, hits=hits)
-            be.finish_step(loss, ws.flat_grads, self.sums, self.bad, self.scale,
-                           batch_weight=x.shape[0] if batch_weight is None else batch_weight,
-                           clip_norm=self.clip_norm, hits=hits)
-            if hits is None:
-                net.loss_fn.add_squared_errors(be, ws.output, targets, self.sums[2:])
-            if be.host_reads_are_free and bool(self.bad):
+            loss = self._gradients(x, targets, row_scale, batch_weight)
+            if self.net.backend.host_reads_are_free and bool(self.bad):
                 raise TrainingDiverged(
                     f"loss or gradient became non-finite at epoch {self.epoch + 1}, step {self.steps} "
                     f"(loss={float(loss)}); parameters are those from before that step. "
                     "Try a smaller learning rate or clip_norm.")
-            # an optimizer of the user's may take no lr: it is passed only when a schedule sets one
-            extra = self._no_options if lr is None else {"lr": lr}
             with self._updating:
-                self.optimizer.step(be, net.flat_params, ws.flat_grads, weight_decay=net.weight_decay,
-                                    n_decay=self._n_decay, scale=self.scale, skip=self.bad, **extra)
+                self._update(x.shape[0], lr)
         return loss
+
+    def device_step(self, x, targets, step_table):
+        """The step's device work alone, for a CUDA graph to capture (``gpunet.step_graph``):
+        the caller holds the write lock (``updating``) and counts the step; the optimizer
+        reads its per-step scalars from ``step_table``."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._gradients(x, targets, None, None)
+            self._update(x.shape[0], None, step_table)
+
+    def updating(self):
+        """The model's write lock, held around an update (reusable)."""
+        return self._updating
+
+    def _gradients(self, x, targets, row_scale, batch_weight):
+        """Forward and backward pass, then the finish: flag, clip factor, running sums."""
+        net, be = self.net, self.net.backend
+        ws, hits = self._buffers.get(x.shape[0]) or self._buffers_for(x.shape[0])
+        loss = net.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=False, hits=hits)
+        be.finish_step(loss, ws.flat_grads, self.sums, self.bad, self.scale,
+                       batch_weight=x.shape[0] if batch_weight is None else batch_weight,
+                       clip_norm=self.clip_norm, hits=hits)
+        if hits is None:
+            net.loss_fn.add_squared_errors(be, ws.output, targets, self.sums[2:])
+        return loss
+
+    def _update(self, rows, lr, step_table=None):
+        net = self.net
+        ws = self._buffers[rows][0]
+        # an optimizer of the user's may take neither: each is passed only when it is set
+        extra = self._no_options if lr is None and step_table is None else (
+            {"lr": lr} if step_table is None else {"lr": lr, "step_table": step_table})
+        self.optimizer.step(net.backend, net.flat_params, ws.flat_grads, weight_decay=net.weight_decay,
+                            n_decay=self._n_decay, scale=self.scale, skip=self.bad, **extra)
 
     def end_epoch(self):
         """(loss sum, metric sum) of the epoch on the host: one read of the device. The metric
@@ -313,12 +337,17 @@ def batches(backend, x, targets, weights, order, batch_size):
         yield batch[0], batch[1], row_scale, batch_weight
 
 
-def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int):
-    """One pass over the data in (shuffled) batches; returns the lr of its last step."""
+def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None):
+    """One pass over the data in (shuffled) batches, as replays of ``graph`` (a
+    ``StepGraph``) when given; returns the lr of its last step."""
     order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
     lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
     step_lr = None if plan.schedule is None else lr
     step.begin_epoch(epoch)
+    if graph is not None:
+        lrs = [plan.lr_for(epoch, index) for index in range(plan.steps_per_epoch)]
+        graph.run_epoch(order, lrs)
+        return lr if lrs[-1] is None else lrs[-1]
     for index, (x, targets, row_scale, batch_weight) in enumerate(
             batches(net.backend, plan.x, plan.targets, plan.weights, order, plan.batch_size)):
         if plan.schedule_per_step and index:
@@ -436,12 +465,13 @@ def fit(net, X, y, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=
     with net.training():
         history = new_history(plan)
         step = TrainingStep(net, plan.optimizer, plan.clip_norm)
+        graph = StepGraph(step, plan) if graphs_wanted(net, plan.optimizer, plan) else None
         best = None if plan.stopper is None else _BestEpoch(net, plan.stopper)
         bar = _progress_bar(plan.progress, plan.epochs)
         try:
             for epoch in range(plan.epochs):
                 started = time.perf_counter()
-                lr = run_epoch(net, plan, step, epoch)
+                lr = run_epoch(net, plan, step, epoch, graph)
                 record = record_epoch(net, plan, history, step.end_epoch(), lr, started)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "time"}, refresh=False)

@@ -82,14 +82,9 @@ __device__ void gemm(const T* A, const T* B, T* C, long long M, long long N, lon
         case 0: gemm_tiles<T, false, false>(A, B, C, M, N, K); break;
         case 1: gemm_tiles<T, false, true>(A, B, C, M, N, K); break;
         case 2: gemm_tiles<T, true, false>(A, B, C, M, N, K); break;
-        default: {   // both transposed: the step never asks for it
-            const long long size = M * N;
-            const long long stride = (long long)gridDim.x * gridDim.y * blockDim.x * blockDim.y;
-            const long long first = ((long long)blockIdx.y * gridDim.x + blockIdx.x) * (blockDim.x * blockDim.y)
-                                    + threadIdx.y * blockDim.x + threadIdx.x;
-            for (long long i = first; i < size; i += stride) C[i] = gn_nan<T>();
+        default:   // both transposed: the step never asks for it (x threads of every block
+            gn_fill_nan(C, M * N);   // row cover the whole output between them)
             break;
-        }
     }
 }
 

@@ -11,9 +11,16 @@
 // flush of subnormals) in the order of the NumPy reference, so on finite data the result
 // equals the reference bit for bit.
 //
+// A step of a CUDA graph cannot take new scalar arguments, so every update can instead read
+// the scalars that change between steps (the learning rate under a schedule, Adam's bias
+// corrections) from row *step of step_table (GN_STEP_TABLE_WIDTH values a row, computed and
+// rounded on the host exactly as the arguments would be) when use_table is set.
+//
 // To add an optimizer: a new section with its formula comment, a template over T using
 // the rn_* helpers, and extern "C" <name>_f32 / <name>_f64 wrappers; a launcher in
 // gpunet/cuda/launch.py; an override in gpunet/cupy_backend.py (docs/extending.md).
+
+#define GN_STEP_TABLE_WIDTH 4
 
 // ---- correctly rounded arithmetic without contraction or flush-to-zero ---------------------
 // CuPy compiles every RawModule with -ftz=true appended after the caller's options (the last
@@ -76,8 +83,9 @@ __device__ __forceinline__ bool rn_negative(double a) { return a < 0.0; }
 template <typename T>
 __device__ void sgd_update(T* params, const T* grads, T* velocity, long long size, long long n_decay,
                            T lr, T momentum, T weight_decay, int nesterov, const T* scale,
-                           const bool* skip) {
+                           const bool* skip, const T* step_table, const long long* step, int use_table) {
     if (*skip) return;
+    if (use_table) lr = step_table[*step * GN_STEP_TABLE_WIDTH];
     const T s = *scale;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
@@ -96,13 +104,17 @@ __device__ void sgd_update(T* params, const T* grads, T* velocity, long long siz
 
 extern "C" __global__ void sgd_update_f32(float* params, const float* grads, float* velocity, long long size,
                                           long long n_decay, float lr, float momentum, float weight_decay,
-                                          int nesterov, const float* scale, const bool* skip) {
-    sgd_update<float>(params, grads, velocity, size, n_decay, lr, momentum, weight_decay, nesterov, scale, skip);
+                                          int nesterov, const float* scale, const bool* skip,
+                                          const float* step_table, const long long* step, int use_table) {
+    sgd_update<float>(params, grads, velocity, size, n_decay, lr, momentum, weight_decay, nesterov, scale, skip,
+                    step_table, step, use_table);
 }
 extern "C" __global__ void sgd_update_f64(double* params, const double* grads, double* velocity, long long size,
                                           long long n_decay, double lr, double momentum, double weight_decay,
-                                          int nesterov, const double* scale, const bool* skip) {
-    sgd_update<double>(params, grads, velocity, size, n_decay, lr, momentum, weight_decay, nesterov, scale, skip);
+                                          int nesterov, const double* scale, const bool* skip,
+                                          const double* step_table, const long long* step, int use_table) {
+    sgd_update<double>(params, grads, velocity, size, n_decay, lr, momentum, weight_decay, nesterov, scale, skip,
+                    step_table, step, use_table);
 }
 
 // ---- Adam / AdamW (torch.optim.Adam / AdamW) with coupled L2, decoupled decay, clipping ------
@@ -121,10 +133,16 @@ __device__ void adam_update(T* params, const T* grads, T* exp_avg, T* exp_avg_sq
                             long long n_decay, T step_size, T beta1, T one_minus_beta1, T beta2,
                             T one_minus_beta2, T sqrt_bias_correction2, T eps, T weight_decay,
                             T decay_factor, int decoupled, const T* scale, const bool* skip, long long* skipped,
-                            int count_skips) {
+                            int count_skips, const T* step_table, const long long* step, int use_table) {
     if (*skip) {
         if (count_skips && blockIdx.x == 0 && threadIdx.x == 0) *skipped += 1;   // t is taken back later
         return;
+    }
+    if (use_table) {
+        const T* row = step_table + *step * GN_STEP_TABLE_WIDTH;
+        step_size = row[0];
+        sqrt_bias_correction2 = row[1];
+        decay_factor = row[2];
     }
     const T s = *scale;
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -147,20 +165,22 @@ extern "C" __global__ void adam_update_f32(float* params, const float* grads, fl
                                            float one_minus_beta1, float beta2, float one_minus_beta2,
                                            float sqrt_bias_correction2, float eps, float weight_decay,
                                            float decay_factor, int decoupled, const float* scale, const bool* skip,
-                                           long long* skipped, int count_skips) {
+                                           long long* skipped, int count_skips, const float* step_table,
+                                           const long long* step, int use_table) {
     adam_update<float>(params, grads, exp_avg, exp_avg_sq, size, n_decay, step_size, beta1, one_minus_beta1,
                        beta2, one_minus_beta2, sqrt_bias_correction2, eps, weight_decay, decay_factor, decoupled,
-                       scale, skip, skipped, count_skips);
+                       scale, skip, skipped, count_skips, step_table, step, use_table);
 }
 extern "C" __global__ void adam_update_f64(double* params, const double* grads, double* exp_avg, double* exp_avg_sq,
                                            long long size, long long n_decay, double step_size, double beta1,
                                            double one_minus_beta1, double beta2, double one_minus_beta2,
                                            double sqrt_bias_correction2, double eps, double weight_decay,
                                            double decay_factor, int decoupled, const double* scale, const bool* skip,
-                                           long long* skipped, int count_skips) {
+                                           long long* skipped, int count_skips, const double* step_table,
+                                           const long long* step, int use_table) {
     adam_update<double>(params, grads, exp_avg, exp_avg_sq, size, n_decay, step_size, beta1, one_minus_beta1,
                         beta2, one_minus_beta2, sqrt_bias_correction2, eps, weight_decay, decay_factor, decoupled,
-                        scale, skip, skipped, count_skips);
+                        scale, skip, skipped, count_skips, step_table, step, use_table);
 }
 
 // ---- RMSprop (torch.optim.RMSprop) with centering, momentum, L2 and clipping ------------------
@@ -177,8 +197,10 @@ extern "C" __global__ void adam_update_f64(double* params, const double* grads, 
 template <typename T>
 __device__ void rmsprop_update(T* params, const T* grads, T* square_avg, T* grad_avg, T* momentum_buf,
                                long long size, long long n_decay, T lr, T alpha, T one_minus_alpha, T eps,
-                               T momentum, T weight_decay, int centered, const T* scale, const bool* skip) {
+                               T momentum, T weight_decay, int centered, const T* scale, const bool* skip,
+                               const T* step_table, const long long* step, int use_table) {
     if (*skip) return;
+    if (use_table) lr = step_table[*step * GN_STEP_TABLE_WIDTH];
     const T s = *scale;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
@@ -207,15 +229,19 @@ __device__ void rmsprop_update(T* params, const T* grads, T* square_avg, T* grad
 extern "C" __global__ void rmsprop_update_f32(float* params, const float* grads, float* square_avg, float* grad_avg,
                                               float* momentum_buf, long long size, long long n_decay, float lr,
                                               float alpha, float one_minus_alpha, float eps, float momentum,
-                                              float weight_decay, int centered, const float* scale, const bool* skip) {
+                                              float weight_decay, int centered, const float* scale, const bool* skip,
+                                              const float* step_table, const long long* step, int use_table) {
     rmsprop_update<float>(params, grads, square_avg, grad_avg, momentum_buf, size, n_decay, lr, alpha,
-                          one_minus_alpha, eps, momentum, weight_decay, centered, scale, skip);
+                          one_minus_alpha, eps, momentum, weight_decay, centered, scale, skip, step_table, step,
+                          use_table);
 }
 extern "C" __global__ void rmsprop_update_f64(double* params, const double* grads, double* square_avg,
                                               double* grad_avg, double* momentum_buf, long long size,
                                               long long n_decay, double lr, double alpha, double one_minus_alpha,
                                               double eps, double momentum, double weight_decay, int centered,
-                                              const double* scale, const bool* skip) {
+                                              const double* scale, const bool* skip, const double* step_table,
+                                              const long long* step, int use_table) {
     rmsprop_update<double>(params, grads, square_avg, grad_avg, momentum_buf, size, n_decay, lr, alpha,
-                           one_minus_alpha, eps, momentum, weight_decay, centered, scale, skip);
+                           one_minus_alpha, eps, momentum, weight_decay, centered, scale, skip, step_table, step,
+                           use_table);
 }

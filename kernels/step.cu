@@ -14,19 +14,23 @@
 // wide): words_k per row, 0 for an absent array. An index outside [0, src_rows) fills its
 // rows with all-one words: NaN features and weights, label -1, which the loss turns into a
 // NaN and the step into a flagged, skipped one (never a read out of bounds).
-// Matches NumpyBackend.gather_rows. Launch: 1-D grid-stride over rows * (w0 + w1 + w2)
-// words, block 256.
-extern "C" __global__ void gather_rows_u32(const long long* idx, long long rows, long long src_rows,
-                                       const unsigned* src0, unsigned* dst0, long long words0,
-                                       const unsigned* src1, unsigned* dst1, long long words1,
-                                       const unsigned* src2, unsigned* dst2, long long words2) {
+// The indices are idx[first + r] with first = *step * step_stride: a step of a CUDA graph
+// reads its batch's place in the epoch's order from device memory (eager steps pass a zero
+// step). Matches NumpyBackend.gather_rows. Launch: 1-D grid-stride over
+// rows * (w0 + w1 + w2) words, block 256.
+extern "C" __global__ void gather_rows_u32(const long long* idx, const long long* step, long long step_stride,
+                                           long long rows, long long src_rows,
+                                           const unsigned* src0, unsigned* dst0, long long words0,
+                                           const unsigned* src1, unsigned* dst1, long long words1,
+                                           const unsigned* src2, unsigned* dst2, long long words2) {
     const long long per_row = words0 + words1 + words2;
     const long long total = rows * per_row;
     const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long first = *step * step_stride;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         const long long r = i / per_row;
         long long k = i - r * per_row;
-        const long long s = idx[r];
+        const long long s = idx[first + r];
         const bool ok = s >= 0 && s < src_rows;
         if (k < words0) {
             dst0[r * words0 + k] = ok ? src0[s * words0 + k] : 0xffffffffu;
@@ -40,6 +44,13 @@ extern "C" __global__ void gather_rows_u32(const long long* idx, long long rows,
         k -= words1;
         dst2[r * words2 + k] = ok ? src2[s * words2 + k] : 0xffffffffu;
     }
+}
+
+// ---- a graph's step counter ----------------------------------------------------------------
+// *counter += 1: the last node of a captured step, so that the next replay reads its own
+// batch and its own row of the optimizer's per-step scalars. Launch: one block, one thread.
+extern "C" __global__ void advance_step_i64(long long* counter) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) *counter += 1;
 }
 
 // ---- the finish of a step ------------------------------------------------------------------

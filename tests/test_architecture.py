@@ -26,7 +26,7 @@ LAYERS = [
     ("backends", {"gpunet.numpy_backend", "gpunet.cupy_backend", "gpunet.backend"}),
     ("checks and training parts", {"gpunet.validation", "gpunet.losses", "gpunet.optim", "gpunet.schedules",
                                    "gpunet.data"}),
-    ("the fit loop", {"gpunet.train"}),
+    ("the fit loop", {"gpunet.train", "gpunet.step_graph"}),
     ("the model", {"gpunet.mlp", "gpunet.gradcheck"}),
     ("front ends", {"gpunet", "gpunet.sklearn", "gpunet.diagnostics", "gpunet.recipes", "gpunet.cli",
                     "gpunet.bench", "gpunet.plot"}),

@@ -120,10 +120,13 @@ FIT_CASES = {
 @pytest.mark.parametrize("optimizer", [lambda: SGD(lr=1e-3, momentum=0.9), lambda: Adam(lr=1e-3)], ids=["sgd", "adam"])
 @pytest.mark.parametrize("case", list(FIT_CASES))
 @pytest.mark.parametrize("widths", [[784, 128, 10], [20, 64, 64, 10]], ids=lambda w: "-".join(map(str, w)))
-def test_a_fit_step_makes_at_most_6L_plus_1_launches(widths, case, optimizer):
+def test_a_fit_step_makes_at_most_6L_plus_1_launches(widths, case, optimizer, monkeypatch):
+    """The eager step (a small one is replayed as one CUDA graph by default:
+    tests/test_cupy_graphs.py)."""
     emulator = sys.modules.get("emulator.plugin")
     if emulator is None:
         pytest.skip("launches are counted on the host kernel emulator")
+    monkeypatch.setenv("GPUNET_CUDA_GRAPHS", "0")
     output, loss, y_of = FIT_CASES[case]
     with gn.use_backend("cupy"):
         made = _fit_step_launches(emulator, widths, output, loss, optimizer, 128, y_of)

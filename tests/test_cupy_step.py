@@ -62,20 +62,22 @@ def test_gather_rows_out_of_range_fills_nan_and_label_minus_one(gpu, rng):
     labels = np.arange(10, dtype=np.int64)
     idx = cupy.asarray(np.array([3, -1, 10, 9], dtype=np.int64))
     xo, yo = cupy.empty((4, 4), np.float32), cupy.empty(4, np.int64)
-    launch.gather_rows(idx, [cupy.asarray(x), cupy.asarray(labels)], [xo, yo])
+    launch.gather_rows(idx, [cupy.asarray(x), cupy.asarray(labels)], [xo, yo], cupy.zeros((), np.int64))
     xo, yo = host(xo), host(yo)
     assert_bitwise(xo[[0, 3]], x[[3, 9]])
     assert np.isnan(xo[[1, 2]]).all() and list(yo) == [3, -1, -1, 9]
 
 
 def test_gather_rows_refuses_what_it_cannot_copy(rng):
-    idx = cupy.asarray(np.array([0, 1], dtype=np.int64))
+    idx, step = cupy.asarray(np.array([0, 1], dtype=np.int64)), cupy.zeros((), np.int64)
+    with pytest.raises(ValueError, match="2 indices for 3 rows"):
+        launch.gather_rows(idx, [cupy.zeros((4, 3), np.float32)], [cupy.empty((3, 3), np.float32)], step)
     with pytest.raises(ValueError, match="do not fit"):
-        launch.gather_rows(idx, [cupy.zeros((4, 3), np.float32)], [cupy.empty((3, 3), np.float32)])
+        launch.gather_rows(idx, [cupy.zeros((4, 3), np.float32)], [cupy.empty((2, 4), np.float32)], step)
     with pytest.raises(TypeError, match="32-bit words"):
-        launch.gather_rows(idx, [cupy.zeros((4, 3), np.uint8)], [cupy.empty((2, 3), np.uint8)])
+        launch.gather_rows(idx, [cupy.zeros((4, 3), np.uint8)], [cupy.empty((2, 3), np.uint8)], step)
     with pytest.raises(ValueError, match="one to three"):
-        launch.gather_rows(idx, [], [])
+        launch.gather_rows(idx, [], [], step)
 
 
 # ---- softmax-cross-entropy in a fit step: the logits' bias and the hits folded in ------------

@@ -18,7 +18,7 @@ from .layout import BLOCK, RowLayout, grid_1d, reduction_grid
 
 __all__ = ["bias_act", "act_backward", "softmax_xent", "softmax", "mse_grad", "canonical_loss", "column_sums", "sumsq",
            "sgd_update", "adam_update", "rmsprop_update", "act_backward_colsum", "gather_rows", "finish_step", "squared_error_sums",
-           "FINISH_SINGLE_BLOCK_MAX", "gemm", "GEMM_TILE"]
+           "FINISH_SINGLE_BLOCK_MAX", "gemm", "GEMM_TILE", "advance_step", "STEP_TABLE_WIDTH"]
 
 
 # ---- launch helpers -----------------------------------------------------------------------
@@ -318,12 +318,15 @@ def sumsq(x, block_sums, out, arrivals):
 
 # The optimizer launchers take the update's hyper-parameters as one frozen value
 # (gpunet.optim's SGDHyper, AdamHyper, RMSpropHyper), already checked there.
-def sgd_update(params, grads, velocity, hyper, *, n_decay, scale, skip):
+def sgd_update(params, grads, velocity, hyper, *, n_decay, scale, skip, step_table, step, use_table):
     """One SGD step over the flat buffer in one launch (see kernels/optim.cu).
 
     params, grads (P,) and velocity (P,) or None (momentum == 0) of one float dtype; scale a
-    0-d device array of that dtype; skip a 0-d device bool array.
+    0-d device array of that dtype; skip a 0-d device bool array. With ``use_table`` the
+    learning rate is column 0 of row ``step`` (int64 0-d, on the device) of ``step_table``
+    (n, STEP_TABLE_WIDTH) of the dtype; else those two are any such arrays, never read.
     """
+    _check_step_table(step_table, step, params.dtype)
     _check("params", params, ndim=1)
     _check("grads", grads, dtype=params.dtype, ndim=1)
     _check("scale", scale, dtype=params.dtype, ndim=0)
@@ -344,16 +347,19 @@ def sgd_update(params, grads, velocity, hyper, *, n_decay, scale, skip):
     fn = sources.get_kernel("optim", f"sgd_update_{_suffix(params.dtype)}")
     fn((grid_1d(params.size),), (BLOCK,),
        (params, grads, velocity, np.int64(params.size), np.int64(n_decay), t(hyper.lr), t(hyper.momentum),
-        t(hyper.weight_decay), np.int32(hyper.nesterov), scale, skip))
+        t(hyper.weight_decay), np.int32(hyper.nesterov), scale, skip, step_table, step, np.int32(use_table)))
     return params
 
 
-def adam_update(params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, scale, skip, skipped, count_skips):
+def adam_update(params, grads, exp_avg, exp_avg_sq, hyper, *, t, n_decay, scale, skip, skipped, count_skips,
+                step_table, step, use_table):
     """One Adam/AdamW step over the flat buffer in one launch (see kernels/optim.cu).
 
     params, grads, exp_avg, exp_avg_sq (P,) of one float dtype; scale a 0-d device array of
     that dtype; skip a 0-d device bool array; ``skipped`` a 0-d int64 device counter that a
-    skipped step increments when ``count_skips``; ``step`` the 1-based step count. The bias
+    skipped step increments when ``count_skips``; ``t`` the 1-based step count. With
+    ``use_table`` the step size, sqrt of the second bias correction and decay factor are
+    columns 0-2 of row ``step`` of ``step_table`` (``AdamHyper.step_scalars``) instead. The bias
     corrections and the other derived scalars are computed in double here and rounded once
     to the kernel's type, as the NumPy reference rounds its Python floats.
     """
@@ -365,32 +371,34 @@ def adam_update(params, grads, exp_avg, exp_avg_sq, hyper, *, step, n_decay, sca
     _check("scale", scale, dtype=params.dtype, ndim=0)
     _check("skip", skip, dtype=np.bool_, ndim=0)
     _check("skipped", skipped, dtype=np.int64, ndim=0)
-    if int(step) < 1:
-        raise ValueError(f"step counts from 1, got {step}")
+    _check_step_table(step_table, step, params.dtype)
+    if int(t) < 1:
+        raise ValueError(f"t counts from 1, got {t}")
     if params.size == 0:
         return params
-    lr, beta1, beta2 = hyper.lr, hyper.beta1, hyper.beta2
-    bias_correction1 = 1.0 - beta1 ** int(step)
-    bias_correction2 = 1.0 - beta2 ** int(step)
-    decoupled = hyper.decoupled_weight_decay
-    t = params.dtype.type
+    beta1, beta2, decoupled = hyper.beta1, hyper.beta2, hyper.decoupled_weight_decay
+    step_size, sqrt_bias_correction2, decay_factor = hyper.step_scalars(int(t))
+    c = params.dtype.type
     fn = sources.get_kernel("optim", f"adam_update_{_suffix(params.dtype)}")
     fn((grid_1d(params.size),), (BLOCK,),
-       (params, grads, exp_avg, exp_avg_sq, np.int64(params.size), np.int64(n_decay), t(lr / bias_correction1),
-        t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(math.sqrt(bias_correction2)), t(hyper.eps),
-        t(hyper.weight_decay), t(1.0 - lr * decoupled), np.int32(decoupled != 0.0), scale, skip,
-        skipped, np.int32(count_skips)))
+       (params, grads, exp_avg, exp_avg_sq, np.int64(params.size), np.int64(n_decay), c(step_size),
+        c(beta1), c(1.0 - beta1), c(beta2), c(1.0 - beta2), c(sqrt_bias_correction2), c(hyper.eps),
+        c(hyper.weight_decay), c(decay_factor), np.int32(decoupled != 0.0), scale, skip,
+        skipped, np.int32(count_skips), step_table, step, np.int32(use_table)))
     return params
 
 
-def rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip):
+def rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, hyper, *, n_decay, scale, skip, step_table,
+                   step, use_table):
     """One RMSprop step over the flat buffer in one launch (see kernels/optim.cu).
 
     params, grads, square_avg (P,) of one float dtype; grad_avg (P,) when ``centered`` and
     momentum_buf (P,) when ``momentum`` != 0, else None; scale a 0-d device array of the
-    dtype; skip a 0-d device bool array.
+    dtype; skip a 0-d device bool array; ``step_table``, ``step``, ``use_table`` as for
+    ``sgd_update`` (the learning rate in column 0).
     """
     _check("params", params, ndim=1)
+    _check_step_table(step_table, step, params.dtype)
     buffers = [("grads", grads), ("square_avg", square_avg)]
     if hyper.centered:
         if grad_avg is None:
@@ -417,7 +425,7 @@ def rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, hyper, *, 
     fn((grid_1d(params.size),), (BLOCK,),
        (params, grads, square_avg, grad_avg, momentum_buf, np.int64(params.size), np.int64(n_decay), t(hyper.lr),
         t(hyper.alpha), t(1.0 - hyper.alpha), t(hyper.eps), t(hyper.momentum), t(hyper.weight_decay),
-        np.int32(hyper.centered), scale, skip))
+        np.int32(hyper.centered), scale, skip, step_table, step, np.int32(use_table)))
     return params
 
 
@@ -429,15 +437,20 @@ def _words(arr):
     return arr.reshape(arr.shape[0], -1).view(np.uint32)
 
 
-def gather_rows(idx, srcs, outs):
-    """``outs[k][:] = srcs[k][idx]`` for up to three row-major arrays (features, targets,
-    weights) in one launch. idx (R,) int64; srcs[k] (S, ...) and outs[k] (R, ...) of one
-    dtype and row shape, every row a whole number of 32-bit words. An index outside [0, S)
-    fills its rows with all-one words (NaN features and weights, label -1)."""
+def gather_rows(idx, srcs, outs, step, step_stride=0):
+    """``outs[k][:] = srcs[k][idx[first:first + R]]`` for up to three row-major arrays
+    (features, targets, weights) in one launch, ``first = step * step_stride`` read on the
+    device from the int64 0-d ``step`` (a graph's step counter; 0 and stride 0 otherwise).
+    idx int64; srcs[k] (S, ...) and outs[k] (R, ...) of one dtype and row shape, every row a
+    whole number of 32-bit words. An index outside [0, S) fills its rows with all-one words
+    (NaN features and weights, label -1)."""
     _check("idx", idx, dtype=np.int64, ndim=1)
+    _check("step", step, dtype=np.int64, ndim=0)
     if not 1 <= len(srcs) == len(outs) <= 3:
         raise ValueError(f"gather_rows takes one to three source/out pairs, got {len(srcs)} and {len(outs)}")
-    rows = idx.shape[0]
+    rows = outs[0].shape[0]
+    if step_stride == 0 and idx.shape[0] != rows:
+        raise ValueError(f"{idx.shape[0]} indices for {rows} rows")
     src_rows = srcs[0].shape[0]
     args = []
     for k, (src, out) in enumerate(zip(srcs, outs)):
@@ -445,7 +458,7 @@ def gather_rows(idx, srcs, outs):
         _check(f"outs[{k}]", out, dtype=src.dtype)
         if src.shape[0] != src_rows or out.shape != (rows, *src.shape[1:]):
             raise ValueError(f"gather_rows pair {k}: source {src.shape} and out {out.shape} do not fit "
-                             f"{rows} indices into {src_rows} rows")
+                             f"{rows} rows gathered from {src_rows}")
         s, o = _words(src), _words(out)
         args += [s, o, np.int64(s.shape[1])]
     while len(args) < 9:     # absent pairs: zero words, never read
@@ -454,8 +467,26 @@ def gather_rows(idx, srcs, outs):
     if rows == 0 or words == 0:
         return outs
     fn = sources.get_kernel("step", "gather_rows_u32")
-    fn((grid_1d(rows * words),), (BLOCK,), (idx, np.int64(rows), np.int64(src_rows), *args))
+    fn((grid_1d(rows * words),), (BLOCK,), (idx, step, np.int64(step_stride), np.int64(rows), np.int64(src_rows),
+                                            *args))
     return outs
+
+
+def advance_step(counter):
+    """``counter += 1`` on the device (int64 0-d): a captured step's last launch."""
+    _check("counter", counter, dtype=np.int64, ndim=0)
+    sources.get_kernel("step", "advance_step_i64")((1,), (1,), (counter,))
+    return counter
+
+
+STEP_TABLE_WIDTH = 4     # GN_STEP_TABLE_WIDTH in kernels/optim.cu
+
+
+def _check_step_table(step_table, step, dtype):
+    _check("step_table", step_table, dtype=dtype, ndim=2)
+    _check("step", step, dtype=np.int64, ndim=0)
+    if step_table.shape[1] != STEP_TABLE_WIDTH:
+        raise ValueError(f"step_table rows hold {STEP_TABLE_WIDTH} values, got shape {step_table.shape}")
 
 
 # The finish reads the whole flat gradient in one block up to this many entries (no second

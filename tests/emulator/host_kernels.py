@@ -103,7 +103,32 @@ class HostKernel:
         self._entry = entry
         self._entry.restype = ctypes.c_int
 
+    # ``recorder(kernel, grid, block, args, shared_mem)``, when set, sees each checked launch
+    # first; a true return means it kept the launch (a stream capture) instead of running it
+    recorder = None
+
     def __call__(self, grid, block, args, shared_mem=0):
+        cargs = self._checked(grid, block, args, shared_mem)
+        if self.recorder is not None and self.recorder(self, grid, block, args, shared_mem):
+            return
+        with _LAUNCH_LOCK:
+            self.launches += 1
+            self._run(cargs, args)
+
+    def replay(self, grid, block, args, shared_mem=0):
+        """Run a launch a graph recorded (not counted: the graph launch is)."""
+        cargs = self._checked(grid, block, args, shared_mem)
+        with _LAUNCH_LOCK:
+            self._run(cargs, args)
+
+    def _run(self, cargs, args):
+        if self._entry(*cargs) != 0:
+            raise RuntimeError(f"{self.name}: the threads of a block deadlocked at a barrier")
+        if self.after_launch is not None:
+            self.after_launch(self, args)
+
+    def _checked(self, grid, block, args, shared_mem):
+        """The C arguments of a launch, after CUDA's limits and every argument's C type are checked."""
         grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
         block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
         threads = block[0] * block[1] * block[2]
@@ -131,9 +156,4 @@ class HostKernel:
                 if type(arg) is not want:
                     raise TypeError(f"{self.name}: argument {i} ({ctype}) got {type(arg).__name__}")
                 cargs.append(cvalue(arg.item()))
-        with _LAUNCH_LOCK:
-            self.launches += 1
-            if self._entry(*cargs) != 0:
-                raise RuntimeError(f"{self.name}: the threads of a block deadlocked at a barrier")
-            if self.after_launch is not None:
-                self.after_launch(self, args)
+        return cargs

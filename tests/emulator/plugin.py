@@ -65,6 +65,7 @@ def allow_synchronize(allow):
 
 
 def _host_read(what):
+    _refused_in_capture(f"{what} (a host read)")
     if not _SYNC["allowed"]:
         raise RuntimeError(f"synchronization disallowed: {what} reads a device value on the host")
 
@@ -77,6 +78,10 @@ class DeviceArray(np.ndarray):
         _host_read("get()")
         return np.array(self, copy=True)
 
+    def set(self, arr):   # cupy: a host-to-device copy into this array
+        _refused_in_capture("set() (a host-to-device copy)")
+        self.view(np.ndarray)[...] = arr
+
     @property
     def data(self):   # cupy: a MemoryPointer whose .ptr is the device address
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
@@ -86,6 +91,8 @@ class DeviceArray(np.ndarray):
             if type(x) is np.ndarray and x.ndim > 0:
                 raise TypeError(f"{ufunc.__name__}: a host numpy.ndarray mixed with device arrays "
                                 "(CuPy refuses this)")
+        _refused_in_capture(f"the CuPy operation {ufunc.__name__}" + (
+            " (cuBLAS: CuPy refuses it during stream capture)" if ufunc is np.matmul else ""))
         ARRAY_OPS[ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"] += 1
         plain = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
         if out is not None:
@@ -175,6 +182,7 @@ def _guard_bytes(dtype) -> np.ndarray:
 def _device_empty(shape, dtype=np.float64, poison=True):
     """A C-contiguous device array inside a byte buffer with guard bytes on either side.
     Floating-point contents start as NaN, as stale memory can hold anything."""
+    _refused_in_capture("an allocation")
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -265,9 +273,30 @@ class _Stream:
 
     def __init__(self, null=False, non_blocking=False, ptds=False):
         self.ptr = 0 if null else 2 if ptds else id(self)
+        self._captured = None
 
     def synchronize(self):
-        pass
+        _refused_in_capture("a stream synchronisation")
+
+    # Stream capture, as CUDA graphs make it: while a stream captures, gpunet's launches on it
+    # are recorded, not run; ``end_capture`` gives a graph whose ``launch`` runs them again in
+    # order (one "graph_launch" in launch_counts). What a captured step must not hold (a CuPy
+    # operation, cuBLAS, an allocation, a host read) raises here, so the tests see it.
+    def begin_capture(self, mode=None):
+        if self.ptr in (0, 2):
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if self._captured is not None:
+            raise RuntimeError("the stream is already capturing")
+        self._captured = []
+
+    def end_capture(self):
+        if self._captured is None:
+            raise RuntimeError("the stream is not capturing")
+        graph, self._captured = _Graph(self._captured), None
+        return graph
+
+    def is_capturing(self):
+        return self._captured is not None
 
     def wait_event(self, event):
         STREAM_LOG.append(("wait", self.ptr))
@@ -287,6 +316,38 @@ _Stream.null, _Stream.ptds = _Stream(null=True), _Stream(ptds=True)
 def _get_current_stream():
     stack = getattr(_current_stream, "stack", None)
     return stack[-1] if stack else _Stream.null
+
+
+def _capturing_stream():
+    stream = _get_current_stream()
+    return stream if stream._captured is not None else None
+
+
+def _refused_in_capture(what):
+    if _capturing_stream() is not None:
+        raise RuntimeError(f"{what} during stream capture: a captured training step holds only gpunet's kernels")
+
+
+def _record_launch(kernel, grid, block, args, shared_mem):
+    """HostKernel.recorder: a launch on a capturing stream goes into its graph."""
+    stream = _capturing_stream()
+    if stream is None:
+        return False
+    stream._captured.append((kernel, grid, block, tuple(args), shared_mem))
+    return True
+
+
+class _Graph:
+    """cupy.cuda.graph.Graph: the launches a capture recorded, run again by ``launch``."""
+
+    def __init__(self, launches):
+        self.launches = launches
+
+    def launch(self, stream=None):
+        _refused_in_capture("a graph launch")
+        ARRAY_OPS["graph_launch"] += 1
+        for kernel, grid, block, args, shared_mem in self.launches:
+            kernel.replay(grid, block, args, shared_mem)
 
 
 class _Event:
@@ -370,6 +431,7 @@ def activate(small_grids=True):
     from gpunet.cuda import layout, sources
     sources.get_kernel = _emulated_kernel
     host_kernels.HostKernel.after_launch = staticmethod(_check_guards)
+    host_kernels.HostKernel.recorder = staticmethod(_record_launch)
     if small_grids:
         layout.MAX_GRID_1D = 3
         layout.MAX_GRID_ROWS = 3
