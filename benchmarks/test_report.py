@@ -44,6 +44,8 @@ def _results():
         _bench("sklearn_fit", "gpunet", "numpy", "cpu", 0.1, flops=gflop, bound="compute", dataset="diabetes",
                solver="lbfgs", score=0.5, peer_score=0.49, score_name="R^2",
                paired={"scikit-learn": {"median": 0.125, "rounds": 5, "ratio": 0.8}}),
+        _bench("fit_epoch", "gpunet", "cupy", "gpu", 0.002, flops=gflop, bound="compute",
+               paired={"eager": {"median": 0.006, "rounds": 5, "ratio": 0.25}}),
     ]
     machine = {"gpunet": {"date": "2030-01-02T03:04:05", "cpu_model": "Test CPU", "cpu_count": 2,
                           "gpu_usable": True, "gpu": "Test GPU", "python": "3", "numpy": "2"}}
@@ -74,6 +76,7 @@ def test_markdown_and_plot(tmp_path):
     assert "CuPy/NumPy speedup" in text and "100.00" in text
     assert "Test GPU" in text and "| 2 ms |" in text   # the GPU row's host time to queue
     assert "| 20% (GEMMs alone 800 ms) |" in text and "20% of it outside the GEMMs" in text
+    assert "| 0.25 (eager 6 ms) |" in text          # a graphed epoch over its eager steps
     # the scikit-learn drop-in: scores side by side, the paired time ratio, the summary's range
     assert "| small | digits, adam |" in text and "| 0.9700 / 0.9750 (accuracy) | 0.50 (vs 600 ms) |" in text
     assert ("gpunet.sklearn on numpy: fit() takes 0.50-0.80x (median 0.65x) the time of sklearn.neural_network "

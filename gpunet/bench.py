@@ -37,6 +37,7 @@ CASES = {
     "mse_grad": "MSE loss and gradient through a sigmoid output",
     "sgd_update": "SGD momentum + weight decay over the flat parameter buffer",
     "sklearn_fit": "gpunet.sklearn against sklearn.neural_network: fit() with the same hyper-parameters",
+    "fit_epoch": "an epoch of fit's steps (784-128-10, batch 128): on a GPU one CUDA graph a step",
 }
 _IMPL_ORDER = ["gpunet", "fused", "fused-shared", "unfused", "torch-eager", "torch-compile"]
 _TIER_ORDER = ["small", "medium", "large"]
@@ -259,6 +260,9 @@ def _ratios(rows):
             if "bare" in paired:    # the public call over the bare pass it wraps, per round
                 row["over_bare"] = paired["bare"]["ratio"]
                 row["same_rounds_bare"] = paired["bare"]["median"]
+            if "eager" in paired:   # the graphed epoch over its eager steps, per round
+                row["over_eager"] = paired["eager"]["ratio"]
+                row["same_rounds_eager"] = paired["eager"]["median"]
             if "scikit-learn" in paired:   # the estimators' fits in alternating rounds
                 row["vs_scikit-learn"] = paired["scikit-learn"]["ratio"]
                 row["same_rounds_scikit-learn"] = paired["scikit-learn"]["median"]
@@ -378,6 +382,9 @@ def render_markdown(rows, machine_info, title="") -> str:
         if any("outside_gemms" in r for r in crow):
             columns.append(("outside GEMMs", lambda r: "" if "outside_gemms" not in r else
                             f"{_pct(r['outside_gemms'])} (GEMMs alone {fmt_time(r['same_rounds_gemms'])})"))
+        if any("over_eager" in r for r in crow):
+            columns.append(("graph/eager", lambda r: "" if "over_eager" not in r else
+                            f"{_x(r['over_eager'])} (eager {fmt_time(r['same_rounds_eager'])})"))
         if any("over_bare" in r for r in crow):
             columns.append(("public/bare", lambda r: "" if "over_bare" not in r else
                             f"{_x(r['over_bare'])} (bare {fmt_time(r['same_rounds_bare'])})"))
