@@ -38,6 +38,7 @@ CASES = {
     "sgd_update": "SGD momentum + weight decay over the flat parameter buffer",
     "sklearn_fit": "gpunet.sklearn against sklearn.neural_network: fit() with the same hyper-parameters",
     "fit_epoch": "an epoch of fit's steps (784-128-10, batch 128): on a GPU one CUDA graph a step",
+    "fit_layouts": "an epoch of fit() on data as users hold it, against the same data C-ordered in the model's dtype",
 }
 _IMPL_ORDER = ["gpunet", "fused", "fused-shared", "unfused", "torch-eager", "torch-compile"]
 _TIER_ORDER = ["small", "medium", "large"]
@@ -260,6 +261,9 @@ def _ratios(rows):
             if "bare" in paired:    # the public call over the bare pass it wraps, per round
                 row["over_bare"] = paired["bare"]["ratio"]
                 row["same_rounds_bare"] = paired["bare"]["median"]
+            if "c-order" in paired:   # the layout's fit over the C-ordered array's, per round
+                row["over_c_order"] = paired["c-order"]["ratio"]
+                row["same_rounds_c_order"] = paired["c-order"]["median"]
             if "eager" in paired:   # the graphed epoch over its eager steps, per round
                 row["over_eager"] = paired["eager"]["ratio"]
                 row["same_rounds_eager"] = paired["eager"]["median"]
@@ -382,6 +386,11 @@ def render_markdown(rows, machine_info, title="") -> str:
         if any("outside_gemms" in r for r in crow):
             columns.append(("outside GEMMs", lambda r: "" if "outside_gemms" not in r else
                             f"{_pct(r['outside_gemms'])} (GEMMs alone {fmt_time(r['same_rounds_gemms'])})"))
+        if any("layout" in r for r in crow):
+            columns[1:1] = [("layout", lambda r: r.get("layout", ""))]
+        if any("over_c_order" in r for r in crow):
+            columns.append(("layout/C order", lambda r: "" if "over_c_order" not in r else
+                            f"{_x(r['over_c_order'])} (C order {fmt_time(r['same_rounds_c_order'])})"))
         if any("over_eager" in r for r in crow):
             columns.append(("graph/eager", lambda r: "" if "over_eager" not in r else
                             f"{_x(r['over_eager'])} (eager {fmt_time(r['same_rounds_eager'])})"))

@@ -128,7 +128,10 @@ class CupyBackend(NumpyBackend):
 
     # ---- arrays -------------------------------------------------------------------
     def asarray(self, x, dtype=None):
-        return cupy.asarray(x, dtype=dtype)
+        if isinstance(x, np.ndarray) and x.ndim and not (x.flags.c_contiguous and x.dtype.isnative
+                                                         and (dtype is None or x.dtype == dtype)):
+            x = np.asarray(x, dtype=dtype, order="C")   # one conversion on the host, then one copy over
+        return cupy.asarray(x, dtype=dtype, order="C")
 
     def to_numpy(self, x):
         return cupy.asnumpy(x) if isinstance(x, cupy.ndarray) else np.asarray(x)

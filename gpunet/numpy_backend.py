@@ -45,8 +45,10 @@ class NumpyBackend:
 
     # ---- arrays -------------------------------------------------------------------
     def asarray(self, x, dtype=None):
-        """Array of this backend (copied to the device when needed)."""
-        return self.xp.asarray(x, dtype=dtype)
+        """C-contiguous array of this backend (copied to the device when needed): a
+        Fortran-ordered, strided, big-endian or other-dtype input is converted once, here,
+        so the kernels and the batch gather that follow read rows at full speed."""
+        return self.xp.asarray(x, dtype=dtype, order="C")
 
     def to_numpy(self, x):
         return np.asarray(x)

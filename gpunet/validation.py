@@ -53,11 +53,37 @@ def check_float_dtype(dtype) -> np.dtype:
     return dt
 
 
-def as_host_array(name, x) -> np.ndarray:
-    """A NumPy view of x (CuPy arrays are copied to the host) with a numeric dtype."""
+def _is_dataframe(x) -> bool:
+    return type(x).__module__.startswith("pandas") and hasattr(x, "columns") and hasattr(x, "dtypes")
+
+
+def _dataframe_array(name, frame, dtype=None) -> np.ndarray:
+    """A pandas DataFrame as one C-ordered array (one copy, however its columns are typed),
+    converted a block of rows at a time; a column that is not numeric, or holds a NaN, an
+    infinity or a value past ``dtype``'s range, is named."""
+    for column, kind in zip(frame.columns, frame.dtypes):
+        if not (isinstance(kind, np.dtype) and kind.kind in "biuf"):
+            raise TypeError(f"{name} column {column!r} is not numeric (dtype {kind}); encode it as numbers "
+                            "first (for example with pandas.get_dummies)")
+    if dtype is None:
+        dtype = np.result_type(*frame.dtypes) if len(frame.columns) else np.float64
+    for j, column in enumerate(frame.columns):   # before a narrower dtype hides a value out of its range
+        _check_finite(f"{name} column {column!r}", frame.iloc[:, j].to_numpy(), dtype)
+    out = np.empty(frame.shape, dtype=dtype)
+    step = max(1, _CHECK_CHUNK // max(1, frame.shape[1]))
+    for start in range(0, frame.shape[0], step):   # a block's transpose stays in cache
+        out[start:start + step] = frame.iloc[start:start + step].to_numpy(dtype=dtype)
+    return out
+
+
+def as_host_array(name, x, dtype=None) -> np.ndarray:
+    """A NumPy view of x (CuPy arrays are copied to the host) with a numeric dtype; a pandas
+    DataFrame becomes one C-ordered copy (in ``dtype`` when given)."""
     from .backend import to_numpy
     if x is None:
         raise TypeError(f"{name} must be an array, got None")
+    if _is_dataframe(x):
+        return _dataframe_array(name, x, dtype)
     try:
         arr = to_numpy(x)
     except Exception as exc:
@@ -67,22 +93,42 @@ def as_host_array(name, x) -> np.ndarray:
     return arr
 
 
+_CHECK_CHUNK = 1 << 20    # elements a check reads at a time: no full-size temporaries
+
+
+def _row_chunks(arr):
+    rows = max(1, _CHECK_CHUNK // max(1, arr.size // max(1, arr.shape[0])))
+    for start in range(0, arr.shape[0], rows):
+        yield arr[start:start + rows]
+
+
 def _check_finite(name, arr, dtype=None):
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
-    # finite float64 values past float32's range would turn into inf in a float32 model
-    if (dtype is not None and arr.dtype.kind == "f" and arr.size
-            and np.dtype(dtype).itemsize < arr.dtype.itemsize):
-        limit = float(np.finfo(dtype).max)
-        if float(np.abs(arr).max()) > limit:
-            raise ValueError(f"{name} has values beyond the {np.dtype(dtype).name} range of the model "
-                             f"(|value| > {limit:.4g})")
+    """No NaN or infinity in a float ``arr`` and, for a narrower model ``dtype``, nothing past
+    its range (finite float64 values past float32's would turn into inf in a float32 model).
+    Read in row chunks through min and max, which make no temporaries: a NaN carries into
+    them, so a chunk is only counted through when something is wrong."""
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    limit = float(np.finfo(dtype).max) if dtype is not None and np.dtype(dtype).itemsize < arr.dtype.itemsize \
+        else math.inf
+    beyond = False
+    for chunk in _row_chunks(arr) if arr.ndim else [arr]:
+        low, high = float(chunk.min()), float(chunk.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in _row_chunks(arr))
+            raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+        beyond = beyond or max(high, -low) > limit
+    if beyond:
+        raise ValueError(f"{name} has values beyond the {np.dtype(dtype).name} range of the model "
+                         f"(|value| > {limit:.4g})")
 
 
 def check_features(x, n_features: int, name="X", dtype=None) -> np.ndarray:
-    """X must be (N, n_features), N >= 1, real and finite (in ``dtype`` too). Returns the host array."""
-    arr = as_host_array(name, x)
+    """X must be (N, n_features), N >= 1, real and finite (in ``dtype`` too). Returns the host
+    array, C-ordered and in ``dtype`` when one is given: any other layout (Fortran order, a
+    strided view, big-endian, another dtype, a DataFrame) is converted here, once."""
+    frame = _is_dataframe(x)
+    arr = as_host_array(name, x, dtype=dtype)
     if arr.ndim != 2:
         hint = " (for one example use X.reshape(1, -1), for one feature X.reshape(-1, 1))" if arr.ndim == 1 else ""
         raise ValueError(f"{name} must be 2-D (n_examples, n_features), got shape {arr.shape}{hint}")
@@ -90,7 +136,16 @@ def check_features(x, n_features: int, name="X", dtype=None) -> np.ndarray:
         raise ValueError(f"{name} is empty: it has no examples")
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
-    _check_finite(name, arr, dtype)
+    if frame or dtype is None:                # a DataFrame was checked column by column
+        if not frame:
+            _check_finite(name, arr, dtype)
+        return arr
+    converted = not (arr.flags.c_contiguous and arr.dtype == dtype)
+    if converted and np.dtype(dtype).itemsize < arr.dtype.itemsize:
+        _check_finite(name, arr, dtype)       # the range, before the narrower dtype hides it
+        return np.asarray(arr, dtype=dtype, order="C")
+    arr = np.asarray(arr, dtype=dtype, order="C")
+    _check_finite(name, arr)                  # after the conversion: a contiguous scan
     return arr
 
 
