@@ -18,6 +18,7 @@ inference at once, and ``fit`` trains it while they do (``gpunet.concurrency``).
 """
 from __future__ import annotations
 
+import json
 import threading
 import warnings
 from collections import OrderedDict
@@ -33,7 +34,9 @@ from .losses import get_loss, row_scale_from_weights
 from .metrics import accuracy, labels_of, predicted_labels, r2_score
 from .parameters import ParameterLayout
 from .train import fit
-from .validation import check_features, check_float_dtype, check_int, check_real, check_sample_weight
+from .validation import (check_classes, check_feature_names, check_features, check_float_dtype, check_int, check_real,
+                         check_sample_weight, encode_labels, frame_feature_names, infer_classes,
+                         select_frame_features)
 from .workspace import Workspace
 
 __all__ = ["MLP"]
@@ -62,6 +65,15 @@ class MLP:
     seed : an int makes initialisation and ``fit``'s shuffling reproducible bit for bit.
     backend : None (the active backend, see ``gpunet.use_backend``), a backend name or object.
         The model keeps it: its arrays live there whatever is selected later.
+    classes : the label values of a ``cross_entropy`` classifier's outputs, in output order
+        (numbers or strings). Without it, labels are the output indices 0..n_L-1, unless the
+        first ``fit`` sees strings (or booleans): then the sorted distinct values. ``predict``
+        returns label values; ``fit`` and ``score`` take them.
+    feature_names : the input columns' names, learned from the first ``fit`` on a pandas
+        DataFrame with string column names; a DataFrame given later must have those columns
+        (they are taken in this order).
+    metadata : a JSON-able dict kept with the model and saved in its file (the command line
+        keeps its input scaling there).
 
     Threads: ``forward``, ``predict``, ``predict_proba``, ``score``, ``loss`` and
     ``loss_and_grad`` may be called on one model from any number of threads at once and give
@@ -79,7 +91,8 @@ class MLP:
     """
 
     def __init__(self, sizes, activation="relu", output="softmax", loss="cross_entropy",
-                 init="glorot_uniform", weight_decay=0.0, dtype="float32", seed=None, backend=None):
+                 init="glorot_uniform", weight_decay=0.0, dtype="float32", seed=None, backend=None,
+                 classes=None, feature_names=None, metadata=None):
         sizes = self._check_sizes(sizes)
         n_hidden = len(sizes) - 2
         hidden = self._check_hidden(activation, n_hidden)
@@ -97,6 +110,13 @@ class MLP:
         dtype = check_float_dtype(dtype)
         if seed is not None:
             seed = check_int("seed", seed, low=0)
+        if classes is not None:
+            if loss_fn.label_rule != "argmax":
+                raise TypeError("classes names the outputs of a cross_entropy classifier; this loss has none")
+            classes = check_classes(classes, sizes[-1])
+        if feature_names is not None:
+            feature_names = check_feature_names(feature_names, sizes[0])
+        metadata = self._check_metadata(metadata)
 
         self.sizes = sizes
         self.hidden_activations = hidden
@@ -106,6 +126,9 @@ class MLP:
         self.weight_decay = weight_decay
         self.dtype = dtype
         self.seed = seed
+        self.classes = classes
+        self.feature_names = feature_names
+        self.metadata = metadata
         self.backend = resolve_backend(backend)
         self.layout = ParameterLayout(sizes)
         self._guard = ParameterGuard(self.backend)
@@ -134,6 +157,17 @@ class MLP:
         if bad:
             raise ValueError(f"layer widths must be positive, got {sizes}")
         return sizes
+
+    @staticmethod
+    def _check_metadata(metadata) -> dict:
+        if metadata is None:
+            return {}
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        try:
+            return json.loads(json.dumps(metadata, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"metadata must be JSON-able (it is saved with the model): {exc}") from None
 
     @staticmethod
     def _check_hidden(activation, n_hidden):
@@ -211,6 +245,9 @@ class MLP:
             "weight_decay": self.weight_decay,
             "dtype": self.dtype.name,
             "seed": self.seed,
+            "classes": None if self.classes is None else self.classes.tolist(),
+            "feature_names": self.feature_names,
+            "metadata": self.metadata,
         }
 
     def __repr__(self):
@@ -219,15 +256,37 @@ class MLP:
                 f"loss={self.loss_fn.name}, dtype={self.dtype.name}, backend={self.backend.name})")
 
     # ---- the training interface: validated backend arrays, no host reads ------------------
-    def validate_features(self, X, name="X") -> np.ndarray:
-        """X checked as this network's input (N, n_0): real, finite, in range for the dtype.
-        Returns the host array (not yet converted)."""
+    def validate_features(self, X, name="X", feature_names=None) -> np.ndarray:
+        """X checked as this network's input (N, n_0): real, finite, in range for the dtype;
+        a DataFrame's columns are taken by name when the model has ``feature_names`` (or
+        ``feature_names`` is given). Returns the host array, C-ordered in the model's dtype."""
+        names = self.feature_names if feature_names is None else feature_names
+        if names is not None and frame_feature_names(X) is not None:
+            X = select_frame_features(X, names, name=name)
         return check_features(X, self.sizes[0], name=name, dtype=self.dtype)
 
-    def validate_targets(self, y, n_examples, name="y") -> np.ndarray:
+    def validate_targets(self, y, n_examples, name="y", classes=None) -> np.ndarray:
         """y checked as the loss's targets for ``n_examples`` examples (host): int64 labels (N,)
-        or float64 one-hot rows (N, K) under cross-entropy, float64 (N, K) otherwise."""
+        or float64 one-hot rows (N, K) under cross-entropy, float64 (N, K) otherwise. Label
+        values are encoded as output indices through ``classes`` (the model's by default)."""
+        classes = self.classes if classes is None else classes
+        if classes is not None:
+            y = encode_labels(y, classes, name=name)
         return self.loss_fn.validate_targets(y, n_examples, self.sizes[-1], name=name, dtype=self.dtype)
+
+    def learnable_names(self, X, y):
+        """(classes, feature_names) a ``fit`` on (X, y) gives the model: what it has, or what
+        these data name (string labels; a DataFrame's string column names); checked, and not
+        yet set (``fit`` sets them once it trains)."""
+        classes = self.classes
+        if classes is None and self.loss_fn.label_rule == "argmax":
+            classes = infer_classes(y, self.sizes[-1])
+        names = self.feature_names
+        if names is None:
+            names = frame_feature_names(X)
+            if names is not None:
+                names = check_feature_names(names, self.sizes[0], name="X's column names")
+        return classes, names
 
     def features(self, X, name="X"):
         """X validated and moved to the backend in the model's dtype (N, n_0)."""
@@ -428,12 +487,13 @@ class MLP:
         binary cross-entropy ((N,) with one output); outputs (N, n_L) for regressors."""
         return self._predict_validated(self.features(X))
 
-    def _predict_validated(self, x):
+    def _predict_validated(self, x, label_values=True):
         if self.is_classifier:
             logits = self.evaluate_outputs(x, logits=True)
             self._finite_rows(x, logits)
             labels = to_numpy(predicted_labels(logits, self.loss_fn.label_rule))
-            return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
+            labels = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
+            return self.classes[labels] if label_values and self.classes is not None else labels
         return self._finite_rows(x, to_numpy(self.evaluate_outputs(x)))
 
     def _finite_rows(self, x, outputs):
@@ -453,7 +513,7 @@ class MLP:
         """Accuracy for classifiers; R^2 (averaged over outputs) for regressors."""
         x = self.features(X)      # X is checked (and moved) once
         targets = self.validate_targets(y, x.shape[0])
-        pred = self._predict_validated(x)
+        pred = self._predict_validated(x, label_values=False)
         if self.is_classifier:
             truth = labels_of(targets, self.loss_fn.label_rule)
             return accuracy(truth, pred.reshape(truth.shape))

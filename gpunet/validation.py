@@ -10,7 +10,9 @@ import numbers
 import numpy as np
 
 __all__ = ["check_real", "check_int", "check_bool", "check_float_dtype", "as_host_array",
-           "check_features", "check_labels", "check_targets", "check_binary_targets", "check_sample_weight"]
+           "check_features", "check_labels", "check_targets", "check_binary_targets", "check_sample_weight",
+           "check_classes", "infer_classes", "encode_labels", "check_feature_names", "frame_feature_names",
+           "select_frame_features"]
 
 
 def check_real(name, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
@@ -176,7 +178,8 @@ def check_labels(y, n_examples: int, n_classes: int, name="y") -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
         lo, hi = arr.min(), arr.max()
         raise ValueError(f"{name} has labels in [{lo:g}, {hi:g}] but must lie in 0..{n_classes - 1} "
-                         f"(the network has {n_classes} outputs)")
+                         f"(the network has {n_classes} outputs; for other label values pass "
+                         "MLP(classes=[...]) to say which output means which)")
     return arr.astype(np.int64)
 
 
@@ -232,3 +235,112 @@ def check_sample_weight(w, n_examples: int, name="sample_weight") -> np.ndarray 
     if not arr.any():
         raise ValueError(f"{name} is all zeros: no example would count")
     return arr.astype(np.float64)
+
+
+# ---- label values and feature names -----------------------------------------------------------
+def _label_array(y) -> np.ndarray:
+    arr = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") and not isinstance(y, np.ndarray) else y)
+    if arr.dtype.kind == "O" and arr.size:   # e.g. a pandas object or categorical column
+        values = arr.ravel().tolist()
+        if all(isinstance(v, str) for v in values):
+            arr = arr.astype(str)
+        elif all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            arr = np.asarray(values).reshape(arr.shape)
+    return arr
+
+
+def check_classes(classes, n_classes: int, name="classes") -> np.ndarray:
+    """The label values of a classifier's outputs, in output order: a 1-D sequence of
+    ``n_classes`` distinct numbers or strings (saved with the model as JSON)."""
+    if isinstance(classes, (list, tuple)) and not all(isinstance(c, (str, numbers.Real)) for c in classes):
+        raise TypeError(f"{name} must be numbers or strings, got {[type(c).__name__ for c in classes][:8]}")
+    arr = _label_array(classes)
+    if arr.ndim != 1 or arr.shape[0] != n_classes:
+        raise ValueError(f"{name} must list the {n_classes} label values of the outputs, got shape {arr.shape}")
+    if arr.dtype.kind not in "iufUb":
+        raise TypeError(f"{name} must be numbers or strings, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite")
+    if len(np.unique(arr)) != arr.shape[0]:
+        raise ValueError(f"{name} must be distinct, got {arr.tolist()}")
+    return arr
+
+
+def _index_like(arr, n_classes) -> bool:
+    """Whole numbers in [0, n_classes): labels that are already output indices."""
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        return arr.size == 0
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        return False
+    return bool(arr.min() >= 0 and arr.max() < n_classes)
+
+
+def infer_classes(y, n_classes: int, name="y"):
+    """The label values a classifier learns from ``y`` (N,): None when they are already output
+    indices (whole numbers in [0, n_classes)); the sorted distinct values when they are
+    strings or booleans, which must then be ``n_classes`` of them. Numbers outside the
+    indices are refused: they may be a mistake, and ``classes=`` says what they mean."""
+    arr = _label_array(y)
+    if arr.ndim != 1 or _index_like(arr, n_classes) or arr.dtype.kind in "iuf":
+        return None
+    if arr.dtype.kind not in "Ub":
+        raise TypeError(f"{name} must hold class labels (numbers or strings), got dtype {arr.dtype}")
+    values = np.unique(arr)
+    if values.shape[0] != n_classes:
+        raise ValueError(f"{name} has {values.shape[0]} distinct labels ({', '.join(map(str, values[:8]))}"
+                         f"{', ...' if values.shape[0] > 8 else ''}) but the network has {n_classes} outputs; "
+                         "pass classes=[...] to MLP to fix which output means which label")
+    return values
+
+
+def encode_labels(y, classes, name="y") -> np.ndarray:
+    """``y``'s label values as output indices (int64) through ``classes``; a value that is not
+    one of them is named."""
+    arr = _label_array(y)
+    if arr.ndim != 1:
+        return arr                    # one-hot rows or targets: no label values to encode
+    order = np.argsort(classes, kind="stable")
+    ranked = classes[order]
+    try:
+        pos = np.clip(np.searchsorted(ranked, arr), 0, len(ranked) - 1)
+        known = ranked[pos] == arr
+    except (TypeError, ValueError):   # strings against numbers
+        pos, known = np.zeros(arr.shape, np.int64), np.zeros(arr.shape, bool)
+    if not np.all(known):
+        unknown = np.unique(arr[~np.asarray(known, bool)])
+        raise ValueError(f"{name} has label(s) the model does not know: {', '.join(map(repr, unknown[:5].tolist()))}"
+                         f"{', ...' if len(unknown) > 5 else ''}; its classes are {classes.tolist()}")
+    return order[pos].astype(np.int64)
+
+
+def check_feature_names(names, n_features: int, name="feature_names") -> list:
+    """``n_features`` distinct strings, the input columns' names in order."""
+    if isinstance(names, str) or not hasattr(names, "__len__"):
+        raise TypeError(f"{name} must be a list of strings, got {type(names).__name__}")
+    names = list(names)
+    if len(names) != n_features or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{name} must be {n_features} strings, got {names[:8]}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name} must be distinct")
+    return names
+
+
+def frame_feature_names(x):
+    """A DataFrame's column names when they are all strings (what a model learns), else None."""
+    if not _is_dataframe(x):
+        return None
+    names = list(x.columns)
+    return names if all(isinstance(n, str) for n in names) else None
+
+
+def select_frame_features(frame, names, name="X"):
+    """The DataFrame's columns ``names``, in that order; missing or extra columns are named."""
+    columns = list(frame.columns)
+    missing = [n for n in names if n not in columns]
+    extra = [c for c in columns if c not in names]
+    if missing or extra:
+        parts = ([f"lacks the model's feature(s) {missing[:8]}"] if missing else []) + \
+                ([f"has column(s) the model was not trained on {extra[:8]}"] if extra else [])
+        raise ValueError(f"{name} {' and '.join(parts)}")
+    return frame if columns == list(names) else frame[list(names)]
+
