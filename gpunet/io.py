@@ -3,8 +3,8 @@
 This module knows the format, not the model: ``save`` writes a config and a flat parameter
 array, ``load`` reads them back and hands the config to a ``build`` function (``MLP.load``
 passes ``MLP(**config)``) before filling the parameters it built. The file holds four arrays: ``format`` (the string "gpunet.MLP"), ``version`` (int),
-``config`` (the architecture, and the label values, feature names and metadata
-where the model has them, as a JSON string) and ``params`` (the flat parameter buffer,
+``config`` (the architecture, and the label values, feature names, input scaling
+and metadata where the model has them, as a JSON string) and ``params`` (the flat parameter buffer,
 layout ``[W_1 .. W_L, b_1 .. b_L]``). It is written to a temporary file beside the target
 and renamed over it, so a crash never leaves half a model behind. Loading reads with
 ``allow_pickle=False`` and checks every field, so a corrupt, truncated or foreign file (or
@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 _KEYS = {"format", "version", "config", "params"}
 # files written before labels, feature names and metadata were kept lack the optional keys
 _REQUIRED_CONFIG = frozenset({"sizes", "activation", "output", "loss", "init", "weight_decay", "dtype", "seed"})
-_OPTIONAL_CONFIG = frozenset({"classes", "feature_names", "metadata"})
+_OPTIONAL_CONFIG = frozenset({"classes", "feature_names", "metadata", "standardize", "input_scaling"})
 _MAX_CONFIG_CHARS = 1 << 20
 _MAX_SMALL_MEMBER_BYTES = 4 * _MAX_CONFIG_CHARS + 4096
 _NPY_HEADER_SLACK = 4096

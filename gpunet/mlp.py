@@ -22,6 +22,7 @@ import json
 import threading
 import warnings
 from collections import OrderedDict
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,12 +35,20 @@ from .losses import get_loss, row_scale_from_weights
 from .metrics import accuracy, labels_of, predicted_labels, r2_score
 from .parameters import ParameterLayout
 from .train import fit
-from .validation import (check_classes, check_feature_names, check_features, check_float_dtype, check_int, check_real,
+from .scaling import InputScaling
+from .validation import (check_bool, check_classes, check_feature_names, check_features, check_float_dtype, check_int, check_real,
                          check_sample_weight, encode_labels, frame_feature_names, infer_classes,
                          select_frame_features)
 from .workspace import Workspace
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "Learned"]
+
+
+class Learned(NamedTuple):
+    """What a model learns from its training data besides parameters (``MLP.learnable``)."""
+    classes: Any               # label values of the outputs (numpy array) or None
+    feature_names: Any         # list of input column names or None
+    input_scaling: Any         # gpunet.scaling.InputScaling or None
 
 _INFERENCE_CHUNK = 8192   # rows per forward pass of inference: bounds the workspace memory
 _WORKSPACES_KEPT = 4      # batch shapes whose inference buffers a thread keeps allocated
@@ -73,7 +82,13 @@ class MLP:
         DataFrame with string column names; a DataFrame given later must have those columns
         (they are taken in this order).
     metadata : a JSON-able dict kept with the model and saved in its file (the command line
-        keeps its input scaling there).
+        notes its target column and data file there).
+    standardize : True makes the first ``fit`` learn each feature's mean and standard
+        deviation (``input_scaling``) and every input from then on (fit, predict, score,
+        forward, validation data) standardised with them, so the model, and its file, take
+        raw data. A later ``fit`` keeps the scaling it has.
+    input_scaling : a ``gpunet.scaling.InputScaling`` (or its ``config()`` dict) to apply
+        from the start (implies ``standardize``).
 
     Threads: ``forward``, ``predict``, ``predict_proba``, ``score``, ``loss`` and
     ``loss_and_grad`` may be called on one model from any number of threads at once and give
@@ -92,7 +107,7 @@ class MLP:
 
     def __init__(self, sizes, activation="relu", output="softmax", loss="cross_entropy",
                  init="glorot_uniform", weight_decay=0.0, dtype="float32", seed=None, backend=None,
-                 classes=None, feature_names=None, metadata=None):
+                 classes=None, feature_names=None, metadata=None, standardize=False, input_scaling=None):
         sizes = self._check_sizes(sizes)
         n_hidden = len(sizes) - 2
         hidden = self._check_hidden(activation, n_hidden)
@@ -117,6 +132,13 @@ class MLP:
         if feature_names is not None:
             feature_names = check_feature_names(feature_names, sizes[0])
         metadata = self._check_metadata(metadata)
+        standardize = check_bool("standardize", standardize)
+        if input_scaling is not None:
+            input_scaling = InputScaling.from_config(input_scaling)
+            if input_scaling.mean.shape[0] != sizes[0]:
+                raise ValueError(f"input_scaling is for {input_scaling.mean.shape[0]} features, "
+                                 f"the network has {sizes[0]} inputs")
+            standardize = True
 
         self.sizes = sizes
         self.hidden_activations = hidden
@@ -129,6 +151,8 @@ class MLP:
         self.classes = classes
         self.feature_names = feature_names
         self.metadata = metadata
+        self.standardize = standardize
+        self.input_scaling = input_scaling
         self.backend = resolve_backend(backend)
         self.layout = ParameterLayout(sizes)
         self._guard = ParameterGuard(self.backend)
@@ -248,6 +272,8 @@ class MLP:
             "classes": None if self.classes is None else self.classes.tolist(),
             "feature_names": self.feature_names,
             "metadata": self.metadata,
+            "standardize": self.standardize,
+            "input_scaling": None if self.input_scaling is None else self.input_scaling.config(),
         }
 
     def __repr__(self):
@@ -256,14 +282,16 @@ class MLP:
                 f"loss={self.loss_fn.name}, dtype={self.dtype.name}, backend={self.backend.name})")
 
     # ---- the training interface: validated backend arrays, no host reads ------------------
-    def validate_features(self, X, name="X", feature_names=None) -> np.ndarray:
+    def validate_features(self, X, name="X", feature_names=None, input_scaling=None) -> np.ndarray:
         """X checked as this network's input (N, n_0): real, finite, in range for the dtype;
         a DataFrame's columns are taken by name when the model has ``feature_names`` (or
-        ``feature_names`` is given). Returns the host array, C-ordered in the model's dtype."""
+        ``feature_names`` is given), and standardised with the model's ``input_scaling`` (or
+        the one given). Returns the host array, C-ordered in the model's dtype."""
         names = self.feature_names if feature_names is None else feature_names
         if names is not None and frame_feature_names(X) is not None:
             X = select_frame_features(X, names, name=name)
-        return check_features(X, self.sizes[0], name=name, dtype=self.dtype)
+        scaling = self.input_scaling if input_scaling is None else input_scaling
+        return check_features(X, self.sizes[0], name=name, dtype=self.dtype, scaling=scaling)
 
     def validate_targets(self, y, n_examples, name="y", classes=None) -> np.ndarray:
         """y checked as the loss's targets for ``n_examples`` examples (host): int64 labels (N,)
@@ -274,10 +302,10 @@ class MLP:
             y = encode_labels(y, classes, name=name)
         return self.loss_fn.validate_targets(y, n_examples, self.sizes[-1], name=name, dtype=self.dtype)
 
-    def learnable_names(self, X, y):
-        """(classes, feature_names) a ``fit`` on (X, y) gives the model: what it has, or what
-        these data name (string labels; a DataFrame's string column names); checked, and not
-        yet set (``fit`` sets them once it trains)."""
+    def learnable(self, X, y) -> Learned:
+        """What a ``fit`` on (X, y) gives the model: what it has, or what these data tell
+        (string labels; a DataFrame's string column names; with ``standardize``, the
+        features' scaling); checked, and not yet set (``fit`` sets them once it trains)."""
         classes = self.classes
         if classes is None and self.loss_fn.label_rule == "argmax":
             classes = infer_classes(y, self.sizes[-1])
@@ -286,7 +314,12 @@ class MLP:
             names = frame_feature_names(X)
             if names is not None:
                 names = check_feature_names(names, self.sizes[0], name="X's column names")
-        return classes, names
+        scaling = self.input_scaling
+        if self.standardize and scaling is None:
+            if names is not None and frame_feature_names(X) is not None:
+                X = select_frame_features(X, names)
+            scaling = InputScaling.learn(check_features(X, self.sizes[0]))   # raw, checked finite
+        return Learned(classes, names, scaling)
 
     def features(self, X, name="X"):
         """X validated and moved to the backend in the model's dtype (N, n_0)."""

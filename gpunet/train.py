@@ -92,8 +92,7 @@ class FitPlan:
     ss_tot: Any               # per-output spread of the targets (regressors), else None
     validation: Any           # (x_val, targets_val) on the backend, or None
     metric: str
-    classes: Any = None       # the label values the model will have (gpunet.MLP's classes)
-    feature_names: Any = None  # the input columns' names it will have
+    learned: Any = None       # labels, feature names and input scaling the model will have (MLP.learnable)
 
     @property
     def n(self) -> int:
@@ -138,14 +137,14 @@ def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm,
     shuffle = check_bool("shuffle", shuffle)
     progress = check_bool("progress", progress)
 
-    classes, feature_names = net.learnable_names(X, y)
-    x_host = net.validate_features(X, feature_names=feature_names)
-    y_host = net.validate_targets(y, x_host.shape[0], classes=classes)
+    learned = net.learnable(X, y)
+    x_host = net.validate_features(X, feature_names=learned.feature_names, input_scaling=learned.input_scaling)
+    y_host = net.validate_targets(y, x_host.shape[0], classes=learned.classes)
     w_host = check_sample_weight(sample_weight, x_host.shape[0])
     if w_host is not None:
         # only ratios matter: at most 1, so no batch sum overflows a float32 model
         w_host = w_host / w_host.max()
-    validation = _check_validation(net, validation_data, classes, feature_names)
+    validation = _check_validation(net, validation_data, learned)
     schedule = as_schedule(schedule)
     base_lr = getattr(optimizer, "lr", None)
     if schedule is not None and base_lr is None:
@@ -164,18 +163,18 @@ def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm,
         loss_denominator=float(n if w_host is None else w_host.sum()),
         # R^2 from running sums needs the targets' spread, once
         ss_tot=None if net.is_classifier else total_sum_of_squares(y_host),
-        validation=validation, metric=metric_name(net.is_classifier), classes=classes, feature_names=feature_names)
+        validation=validation, metric=metric_name(net.is_classifier), learned=learned)
 
 
-def _check_validation(net, validation_data, classes, feature_names):
+def _check_validation(net, validation_data, learned):
     if validation_data is None:
         return None
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise TypeError("validation_data must be a pair (X_val, y_val)")
     be = net.backend
-    xv = be.asarray(net.validate_features(validation_data[0], name="X_val", feature_names=feature_names),
-                    dtype=net.dtype)
-    yv = net.validate_targets(validation_data[1], xv.shape[0], name="y_val", classes=classes)
+    xv = be.asarray(net.validate_features(validation_data[0], name="X_val", feature_names=learned.feature_names,
+                                          input_scaling=learned.input_scaling), dtype=net.dtype)
+    yv = net.validate_targets(validation_data[1], xv.shape[0], name="y_val", classes=learned.classes)
     return xv, net.device_targets(yv)
 
 
@@ -469,7 +468,7 @@ def fit(net, X, y, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=
                    optimizer=optimizer, schedule=schedule, early_stopping=early_stopping,
                    sample_weight=sample_weight)
     with net.training():
-        net.classes, net.feature_names = plan.classes, plan.feature_names   # what the data named, once checked
+        net.classes, net.feature_names, net.input_scaling = plan.learned   # what the data told, once checked
         history = new_history(plan)
         step = TrainingStep(net, plan.optimizer, plan.clip_norm)
         graph = StepGraph(step, plan) if graphs_wanted(net, plan.optimizer, plan) else None

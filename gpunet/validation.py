@@ -104,6 +104,11 @@ def _row_chunks(arr):
         yield arr[start:start + rows]
 
 
+def _all_finite(arr) -> bool:
+    """No NaN or infinity in float ``arr``, read in row chunks through min and max."""
+    return all(math.isfinite(float(c.min())) and math.isfinite(float(c.max())) for c in _row_chunks(arr))
+
+
 def _check_finite(name, arr, dtype=None):
     """No NaN or infinity in a float ``arr`` and, for a narrower model ``dtype``, nothing past
     its range (finite float64 values past float32's would turn into inf in a float32 model).
@@ -125,12 +130,13 @@ def _check_finite(name, arr, dtype=None):
                          f"(|value| > {limit:.4g})")
 
 
-def check_features(x, n_features: int, name="X", dtype=None) -> np.ndarray:
+def check_features(x, n_features: int, name="X", dtype=None, scaling=None) -> np.ndarray:
     """X must be (N, n_features), N >= 1, real and finite (in ``dtype`` too). Returns the host
     array, C-ordered and in ``dtype`` when one is given: any other layout (Fortran order, a
-    strided view, big-endian, another dtype, a DataFrame) is converted here, once."""
+    strided view, big-endian, another dtype, a DataFrame) is converted here, once. With a
+    ``scaling`` (``gpunet.scaling.InputScaling``) the array returned is the scaled copy."""
     frame = _is_dataframe(x)
-    arr = as_host_array(name, x, dtype=dtype)
+    arr = as_host_array(name, x, dtype=None if scaling is not None else dtype)
     if arr.ndim != 2:
         hint = " (for one example use X.reshape(1, -1), for one feature X.reshape(-1, 1))" if arr.ndim == 1 else ""
         raise ValueError(f"{name} must be 2-D (n_examples, n_features), got shape {arr.shape}{hint}")
@@ -138,6 +144,14 @@ def check_features(x, n_features: int, name="X", dtype=None) -> np.ndarray:
         raise ValueError(f"{name} is empty: it has no examples")
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
+    if scaling is not None:
+        if not frame:
+            _check_finite(name, arr)
+        scaled = scaling.transform(arr, dtype or np.float64)
+        if not _all_finite(scaled):           # a tiny scale can push a value past the dtype's range
+            raise ValueError(f"{name} has values beyond the {scaled.dtype.name} range once standardised "
+                             "with the model's input scaling")
+        return scaled
     if frame or dtype is None:                # a DataFrame was checked column by column
         if not frame:
             _check_finite(name, arr, dtype)

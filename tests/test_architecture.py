@@ -21,7 +21,7 @@ KERNELS = PACKAGE.parent / "kernels"
 LAYERS = [
     ("math, formats and plumbing", {"gpunet.softmax", "gpunet.activations", "gpunet.init",
                                     "gpunet.parameters", "gpunet.workspace", "gpunet.concurrency",
-                                    "gpunet.metrics", "gpunet.io", "gpunet.cuda", "gpunet.cuda.layout",
+                                    "gpunet.metrics", "gpunet.io", "gpunet.scaling", "gpunet.cuda", "gpunet.cuda.layout",
                                     "gpunet.cuda.sources", "gpunet.cuda.launch"}),
     ("backends", {"gpunet.numpy_backend", "gpunet.cupy_backend", "gpunet.backend"}),
     ("checks and training parts", {"gpunet.validation", "gpunet.losses", "gpunet.optim", "gpunet.schedules",

@@ -337,6 +337,12 @@ FIELD_CASES = {
                                     "no valid network .*feature_names must be a list"),
     "config_metadata_list": (lambda g: _edited(g, **_with_config(g, metadata=[1, 2])),
                              "no valid network .*metadata must be a dict"),
+    "config_input_scaling_wrong_width": (lambda g: _edited(g, **_with_config(g, input_scaling={
+        "mean": [0.0] * 5, "scale": [1.0] * 5})), "no valid network .*input_scaling is for 5 features"),
+    "config_input_scaling_zero_scale": (lambda g: _edited(g, **_with_config(g, input_scaling={
+        "mean": [0.0] * 6, "scale": [0.0] * 6})), "no valid network .*scale must be positive"),
+    "config_standardize_string": (lambda g: _edited(g, **_with_config(g, standardize="yes")),
+                                  "no valid network .*standardize"),
     "config_zero_width": (lambda g: _edited(g, **_with_config(g, sizes=[6, 0, 7, 3])), "no valid network .*layer widths must be positive"),
     "config_unknown_activation": (lambda g: _edited(g, **_with_config(g, activation=["gelu", "relu"])),
                                   "no valid network .*unknown hidden activation 'gelu'"),
