@@ -39,6 +39,8 @@ CASES = {
     "sklearn_fit": "gpunet.sklearn against sklearn.neural_network: fit() with the same hyper-parameters",
     "fit_epoch": "an epoch of fit's steps (784-128-10, batch 128): on a GPU one CUDA graph a step",
     "fit_layouts": "an epoch of fit() on data as users hold it, against the same data C-ordered in the model's dtype",
+    "fit_host_batches": "an epoch of fit() from a memory map or a BatchStream, batches streamed from the host, "
+                        "against the same data on the device",
 }
 _IMPL_ORDER = ["gpunet", "fused", "fused-shared", "unfused", "torch-eager", "torch-compile"]
 _TIER_ORDER = ["small", "medium", "large"]
@@ -264,6 +266,9 @@ def _ratios(rows):
             if "c-order" in paired:   # the layout's fit over the C-ordered array's, per round
                 row["over_c_order"] = paired["c-order"]["ratio"]
                 row["same_rounds_c_order"] = paired["c-order"]["median"]
+            if "in-device" in paired:   # batches from the host over the data held on the device, per round
+                row["over_in_device"] = paired["in-device"]["ratio"]
+                row["same_rounds_in_device"] = paired["in-device"]["median"]
             if "eager" in paired:   # the graphed epoch over its eager steps, per round
                 row["over_eager"] = paired["eager"]["ratio"]
                 row["same_rounds_eager"] = paired["eager"]["median"]
@@ -391,6 +396,11 @@ def render_markdown(rows, machine_info, title="") -> str:
         if any("over_c_order" in r for r in crow):
             columns.append(("layout/C order", lambda r: "" if "over_c_order" not in r else
                             f"{_x(r['over_c_order'])} (C order {fmt_time(r['same_rounds_c_order'])})"))
+        if any("source" in r for r in crow):
+            columns[1:1] = [("source", lambda r: r.get("source", ""))]
+        if any("over_in_device" in r for r in crow):
+            columns.append(("host/device", lambda r: "" if "over_in_device" not in r else
+                            f"{_x(r['over_in_device'])} (on the device {fmt_time(r['same_rounds_in_device'])})"))
         if any("over_eager" in r for r in crow):
             columns.append(("graph/eager", lambda r: "" if "over_eager" not in r else
                             f"{_x(r['over_eager'])} (eager {fmt_time(r['same_rounds_eager'])})"))

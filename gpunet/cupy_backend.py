@@ -28,7 +28,7 @@ from .activations import kernel_id_of
 from .cuda import launch, layout
 from .numpy_backend import NumpyBackend
 
-__all__ = ["CupyBackend"]
+__all__ = ["CupyBackend", "PinnedBatchUploader"]
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -188,7 +188,21 @@ class CupyBackend(NumpyBackend):
             self._constants[key] = arr
         return arr
 
-    # ---- dense layer --------------------------------------------------------------
+    # ---- batches that come from the host (memory maps, streams) ---------------------------
+    # the share of free device memory training data may take; the rest is for the step's buffers
+    DEVICE_DATA_SHARE = 0.5
+
+    def fits_on_device(self, nbytes: int) -> bool:
+        try:
+            free, _total = cupy.cuda.runtime.memGetInfo()
+        except AttributeError:           # a stand-in without the query (the host emulator)
+            return True
+        pool = cupy.get_default_memory_pool()
+        return nbytes <= self.DEVICE_DATA_SHARE * (free + pool.free_bytes())
+
+    def batch_uploader(self):
+        return PinnedBatchUploader()
+
     # ---- CUDA graphs -----------------------------------------------------------------
     can_capture_graphs = True
 
@@ -523,3 +537,60 @@ class CupyBackend(NumpyBackend):
             return params
         return launch.rmsprop_update(params, grads, square_avg, grad_avg, momentum_buf, hyper, n_decay=int(n_decay),
                                      scale=flags[0], skip=flags[1], **table)
+
+
+class PinnedBatchUploader:
+    """Batches made on the host, copied to the device while the step before runs.
+
+    Two slots, each a set of page-locked host buffers and device buffers per batch shape.
+    A batch is written into its slot's host buffers, copied on a stream of its own, and the
+    step's stream waits for that copy (an event) before the step; the slot is written again
+    two batches later, after the copy stream has waited for the step that read its device
+    buffers (a second event). So the copy of batch k+1 overlaps the step of batch k, and the
+    host waits only where it is about to overwrite a host buffer whose copy is still in
+    flight (an event synchronisation, not a device synchronisation). Nothing is allocated
+    once each shape has been seen in both slots. The protocol is ``HostBatchBuffers``'.
+    """
+
+    SLOTS = 2
+
+    def __init__(self):
+        import cupyx
+        self._empty_pinned = cupyx.empty_pinned
+        self.copy_stream = cupy.cuda.Stream(non_blocking=True)
+        self._slots = [{"buffers": {}, "copied": cupy.cuda.Event(disable_timing=True),
+                        "consumed": cupy.cuda.Event(disable_timing=True), "copying": False, "in_use": False}
+                       for _ in range(self.SLOTS)]
+        self._next = 0
+        self._current = None
+
+    def host_buffers(self, specs):
+        slot = self._slots[self._next]
+        if slot["copying"]:
+            slot["copied"].synchronize()     # its host buffers are still being read by the last copy
+            slot["copying"] = False
+        specs = tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in specs)
+        buffers = slot["buffers"].get(specs)
+        if buffers is None:
+            buffers = slot["buffers"][specs] = [(self._empty_pinned(shape, dtype), cupy.empty(shape, dtype))
+                                                for shape, dtype in specs]
+        self._current = (slot, buffers)
+        return [host for host, _ in buffers]
+
+    def upload(self):
+        slot, buffers = self._current
+        if slot["in_use"]:
+            self.copy_stream.wait_event(slot["consumed"])   # the step that read these device buffers is done
+        for host, device in buffers:
+            device.set(host, stream=self.copy_stream)
+        slot["copied"].record(self.copy_stream)
+        slot["copying"] = True
+        cupy.cuda.get_current_stream().wait_event(slot["copied"])
+        return [device for _, device in buffers]
+
+    def release(self):
+        slot, _ = self._current
+        slot["consumed"].record(cupy.cuda.get_current_stream())
+        slot["in_use"] = True
+        self._current = None
+        self._next = (self._next + 1) % self.SLOTS

@@ -9,6 +9,8 @@
   ``mnist1d`` package, never downloaded; 4000 + 1000 x 40, 10 classes.
 - ``make_spirals``: a synthetic K-armed spiral classification set (NumPy only).
 - ``make_regression``: a synthetic smooth non-linear regression set (NumPy only).
+- ``BatchStream``: training data that arrive a batch at a time (``fit`` takes one in place
+  of X and y), for data made on the fly or read from somewhere too big for memory.
 
 Every loader returns ``Dataset(X_train, y_train, X_test, y_test, name)`` with float64
 features and int64 labels (regression: float64 targets (N, K)).
@@ -24,7 +26,7 @@ import numpy as np
 from .validation import check_int, check_real
 
 __all__ = ["Dataset", "load_digits", "load_mnist1d", "make_spirals", "make_regression",
-           "train_test_split", "Standardizer", "load_dataset", "DATASETS"]
+           "train_test_split", "Standardizer", "load_dataset", "DATASETS", "BatchStream", "as_batch_stream"]
 
 
 class Dataset(NamedTuple):
@@ -162,3 +164,73 @@ def load_dataset(name: str, seed=0) -> Dataset:
     if name == "mnist1d":
         return load_mnist1d()      # the reference split is fixed by the generator's seed
     return DATASETS[name](seed=seed)
+
+
+class BatchStream:
+    """Training data that arrive a batch at a time: ``net.fit(BatchStream(batches), epochs=3)``.
+
+    ``batches`` is either a function called once per epoch (with no argument, or with the
+    epoch's index when it takes one) that returns an iterable of batches, or an iterable
+    that starts over each time it is iterated (a list of batches, a ``torch`` DataLoader).
+    A batch is ``(X_batch, y_batch)`` or ``(X_batch, y_batch, w_batch)``, each as ``fit``
+    takes them (any size; the last may be short). A one-shot iterator (a generator object)
+    serves a single epoch, so ``fit`` refuses more.
+
+    ``n_batches``: how many batches an epoch yields, when known; a per-step schedule needs it.
+
+    The stream decides the batches and their order: ``fit``'s ``batch_size`` and ``shuffle``
+    do not apply, nor does ``sample_weight`` (weights come in the batches). Each batch is
+    checked as it arrives; a bad one raises ValueError naming the epoch and the batch, and
+    the model keeps the steps made before it. Label values need ``MLP(classes=...)`` and
+    standardisation a given ``input_scaling``: a stream cannot be read ahead to learn them.
+    """
+
+    def __init__(self, batches, n_batches=None):
+        if isinstance(batches, (str, bytes)) or not (callable(batches) or hasattr(batches, "__iter__")):
+            raise TypeError(f"BatchStream takes a function returning an epoch's batches or an iterable of "
+                            f"batches, got {type(batches).__name__}")
+        if n_batches is not None:
+            n_batches = check_int("n_batches", n_batches, low=1)
+        self.batches = batches
+        self.n_batches = n_batches
+        self.one_shot = not callable(batches) and iter(batches) is batches
+        self._takes_epoch = callable(batches) and _takes_an_argument(batches)
+        self._served = False
+
+    def epoch(self, index: int):
+        """An iterator over the batches of epoch ``index`` (0-based)."""
+        if callable(self.batches):
+            made = self.batches(index) if self._takes_epoch else self.batches()
+            if made is None or not hasattr(made, "__iter__"):
+                raise TypeError(f"the BatchStream's function returned {type(made).__name__}, not an iterable "
+                                "of batches")
+            return iter(made)
+        if self.one_shot and self._served:
+            raise ValueError("the BatchStream's iterator was used up by an earlier epoch: pass a function "
+                             "that returns a new iterator for each epoch")
+        self._served = True
+        return iter(self.batches)
+
+    def __repr__(self):
+        return f"BatchStream({self.batches!r}, n_batches={self.n_batches})"
+
+
+def _takes_an_argument(fn) -> bool:
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
+def as_batch_stream(X):
+    """X as a ``BatchStream`` when it is one, a function or an iterator (not an array-like
+    container: a list stays X); else None."""
+    if isinstance(X, BatchStream):
+        return X
+    if isinstance(X, np.ndarray) or hasattr(X, "__array__") or hasattr(X, "columns"):
+        return None
+    if callable(X) or (hasattr(X, "__next__") and hasattr(X, "__iter__")):
+        return BatchStream(X)
+    return None

@@ -22,7 +22,6 @@ import json
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,19 +35,12 @@ from .metrics import accuracy, labels_of, predicted_labels, r2_score
 from .parameters import ParameterLayout
 from .train import fit
 from .scaling import InputScaling
-from .validation import (check_bool, check_classes, check_feature_names, check_features, check_float_dtype, check_int, check_real,
+from .validation import (Learned, check_bool, check_classes, check_feature_names, check_features, check_float_dtype, check_int, check_real,
                          check_sample_weight, encode_labels, frame_feature_names, infer_classes,
                          select_frame_features)
 from .workspace import Workspace
 
-__all__ = ["MLP", "Learned"]
-
-
-class Learned(NamedTuple):
-    """What a model learns from its training data besides parameters (``MLP.learnable``)."""
-    classes: Any               # label values of the outputs (numpy array) or None
-    feature_names: Any         # list of input column names or None
-    input_scaling: Any         # gpunet.scaling.InputScaling or None
+__all__ = ["MLP"]
 
 _INFERENCE_CHUNK = 8192   # rows per forward pass of inference: bounds the workspace memory
 _WORKSPACES_KEPT = 4      # batch shapes whose inference buffers a thread keeps allocated
@@ -282,16 +274,32 @@ class MLP:
                 f"loss={self.loss_fn.name}, dtype={self.dtype.name}, backend={self.backend.name})")
 
     # ---- the training interface: validated backend arrays, no host reads ------------------
-    def validate_features(self, X, name="X", feature_names=None, input_scaling=None) -> np.ndarray:
+    def validate_features(self, X, name="X", feature_names=None, input_scaling=None, convert=True) -> np.ndarray:
         """X checked as this network's input (N, n_0): real, finite, in range for the dtype;
         a DataFrame's columns are taken by name when the model has ``feature_names`` (or
         ``feature_names`` is given), and standardised with the model's ``input_scaling`` (or
-        the one given). Returns the host array, C-ordered in the model's dtype."""
+        the one given). Returns the host array, C-ordered in the model's dtype; with
+        ``convert=False`` a NumPy array (a memory map) is checked in row chunks and returned
+        as it is, for ``batch_features`` to convert a batch at a time."""
         names = self.feature_names if feature_names is None else feature_names
         if names is not None and frame_feature_names(X) is not None:
             X = select_frame_features(X, names, name=name)
         scaling = self.input_scaling if input_scaling is None else input_scaling
-        return check_features(X, self.sizes[0], name=name, dtype=self.dtype, scaling=scaling)
+        return check_features(X, self.sizes[0], name=name, dtype=self.dtype, scaling=scaling, convert=convert)
+
+    def batch_features(self, rows, out, input_scaling=None, name="X"):
+        """Rows of features checked by ``validate_features(convert=False)`` written into
+        ``out`` (R, n_0) of the model's dtype, standardised with the model's input scaling
+        (or the one given). Returns ``out``."""
+        scaling = self.input_scaling if input_scaling is None else input_scaling
+        if scaling is None:
+            np.copyto(out, rows, casting="unsafe")     # finite and in range: checked before
+            return out
+        scaling.transform(rows, out.dtype, out=out)
+        if not np.isfinite(out).all():
+            raise ValueError(f"{name} has values beyond the {out.dtype.name} range once standardised "
+                             "with the model's input scaling")
+        return out
 
     def validate_targets(self, y, n_examples, name="y", classes=None) -> np.ndarray:
         """y checked as the loss's targets for ``n_examples`` examples (host): int64 labels (N,)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .softmax import shift_by_row_max, softmax_rows
 
-__all__ = ["NumpyBackend"]
+__all__ = ["NumpyBackend", "HostBatchBuffers"]
 
 
 def _scaled_rows(row_values, row_scale):
@@ -31,6 +31,33 @@ def _scale_rows(rows, row_scale):
     """Multiply each row of ``rows`` (N, K) in place by ``row_scale`` (N,) unless it is None."""
     if row_scale is not None:
         rows *= row_scale[:, None]
+
+
+class HostBatchBuffers:
+    """Batches made on the host, handed to the ops as they are (the CPU's memory is the
+    device's). The protocol the fit loop follows for every batch: ``host_buffers(specs)``
+    gives arrays to fill (``specs``: (shape, dtype) pairs, one buffer set per distinct
+    specs, reused), ``upload()`` makes them the backend's arrays for the step, ``release()``
+    says the step using them has been queued. ``CupyBackend``'s uploader follows the same
+    protocol with pinned buffers, a copy stream and events."""
+
+    def __init__(self):
+        self._buffers = {}
+        self._current = None
+
+    def host_buffers(self, specs):
+        specs = tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in specs)
+        buffers = self._buffers.get(specs)
+        if buffers is None:
+            buffers = self._buffers[specs] = [np.empty(shape, dtype) for shape, dtype in specs]
+        self._current = buffers
+        return buffers
+
+    def upload(self):
+        return self._current
+
+    def release(self):
+        self._current = None
 
 
 class NumpyBackend:
@@ -67,6 +94,16 @@ class NumpyBackend:
         device on a GPU, no new allocation)."""
         dst[...] = host
         return dst
+
+    # ---- batches that come from the host (memory maps, streams) ---------------------------
+    def fits_on_device(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` of training data may be moved to the device once (the CPU's
+        arrays are already where they are used)."""
+        return True
+
+    def batch_uploader(self):
+        """What moves batches made on the host to the device (``HostBatchBuffers``)."""
+        return HostBatchBuffers()
 
     # CUDA graphs (gpunet.step_graph): a backend that can record its launches and replay them
     # says so; the CPU has nothing to capture.

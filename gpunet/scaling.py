@@ -1,4 +1,5 @@
-"""A model's input standardisation: ``x' = (x - mean) / scale`` per feature, in float64.
+"""A model's input standardisation: ``x' = (x - mean) / scale`` per feature, in float64, and
+the running moments it is learned from (which ``fit`` also uses for a stream's targets).
 
 ``MLP(standardize=True)`` learns it from the data of its first ``fit`` and applies it to every
 input afterwards, so a saved model takes raw data (the command line relies on this). Learning
@@ -10,15 +11,40 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["InputScaling"]
+__all__ = ["InputScaling", "RunningMoments"]
 
-_CHUNK_ELEMENTS = 1 << 20
+_CHUNK_ELEMENTS = 1 << 18     # 2 MB of float64 a chunk: a memory map's pass stays small
 
 
 def _row_chunks(arr):
     rows = max(1, _CHUNK_ELEMENTS // max(1, arr.shape[1]))
     for start in range(0, arr.shape[0], rows):
         yield arr[start:start + rows]
+
+
+class RunningMoments:
+    """Per-column count, mean and sum of squared deviations of rows added a chunk at a time
+    (float64): chunks merge pairwise, which keeps the precision a running sum of squares
+    loses when the mean is large."""
+
+    def __init__(self, n_columns: int):
+        self.count = 0
+        self.mean = np.zeros(n_columns)
+        self.squares = np.zeros(n_columns)
+
+    def add(self, chunk):
+        """Take in the rows of ``chunk`` (n, n_columns)."""
+        chunk = np.asarray(chunk, dtype=np.float64)
+        n = chunk.shape[0]
+        if n == 0:
+            return
+        chunk_mean = chunk.mean(axis=0)
+        chunk_squares = ((chunk - chunk_mean) ** 2).sum(axis=0)
+        delta = chunk_mean - self.mean
+        total = self.count + n
+        self.mean = self.mean + delta * (n / total)
+        self.squares = self.squares + chunk_squares + delta ** 2 * (self.count * n / total)
+        self.count = total
 
 
 class InputScaling:
@@ -45,19 +71,11 @@ class InputScaling:
     def learn(cls, x) -> "InputScaling":
         """The mean and standard deviation of ``x`` (N, F) (any real dtype or layout, a memmap
         included), read a chunk of rows at a time in float64."""
-        count, mean, squares = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+        moments = RunningMoments(x.shape[1])
         for chunk in _row_chunks(x):
-            chunk = np.asarray(chunk, dtype=np.float64)
-            n = chunk.shape[0]
-            chunk_mean = chunk.mean(axis=0)
-            chunk_squares = ((chunk - chunk_mean) ** 2).sum(axis=0)
-            delta = chunk_mean - mean
-            total = count + n
-            mean = mean + delta * (n / total)
-            squares = squares + chunk_squares + delta ** 2 * (count * n / total)
-            count = total
-        std = np.sqrt(squares / max(count, 1))
-        return cls(mean, np.where(std > 0, std, 1.0))
+            moments.add(chunk)
+        std = np.sqrt(moments.squares / max(moments.count, 1))
+        return cls(moments.mean, np.where(std > 0, std, 1.0))
 
     def transform(self, x, dtype, out=None) -> np.ndarray:
         """``(x - mean) / scale`` as a C-ordered array of ``dtype`` (into ``out`` when given),

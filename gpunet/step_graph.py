@@ -54,7 +54,7 @@ def graphs_wanted(net, optimizer, plan) -> bool:
     if choice == "0":
         return False
     able = (getattr(net.backend, "can_capture_graphs", False) and getattr(optimizer, "supports_step_tables", False)
-            and plan.weights is None and plan.n > 0)
+            and plan.feed is None and plan.weights is None and plan.n > 0)
     if choice == "1" or not able:
         return able
     return _step_flops(net.sizes, plan.batch_size) <= GRAPH_MAX_STEP_FLOPS

@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from .data import as_batch_stream
+from .feeds import RowsFeed, StreamFeed
 from .losses import row_scale_from_weights
 from .metrics import (accuracy, labels_of, metric_from_sums, metric_name, predicted_labels,
                       r2_score, total_sum_of_squares)
 from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
 from .step_graph import StepGraph, graphs_wanted
-from .validation import check_bool, check_int, check_real, check_sample_weight
+from .validation import Learned, check_bool, check_int, check_real, check_sample_weight
 
 __all__ = ["fit", "History", "TrainingDiverged", "TrainingStep", "FitPlan", "prepare", "batches", "run_epoch",
            "evaluate"]
@@ -85,22 +87,32 @@ class FitPlan:
     schedule: Any
     base_lr: float | None
     stopper: Any
-    x: Any                    # (N, n_0) backend array
+    x: Any                    # (N, n_0) backend array (None when a feed gives the batches)
     targets: Any              # (N,) labels or (N, K), backend
     weights: Any              # (N,) backend array of weight ratios, or None
-    loss_denominator: float   # N, or the weights' sum
+    loss_denominator: float   # N, or the weights' sum (None for a stream: counted each epoch)
     ss_tot: Any               # per-output spread of the targets (regressors), else None
     validation: Any           # (x_val, targets_val) on the backend, or None
     metric: str
     learned: Any = None       # labels, feature names and input scaling the model will have (MLP.learnable)
+    feed: Any = None          # gpunet.feeds.RowsFeed or StreamFeed: batches made on the host
 
     @property
-    def n(self) -> int:
-        return self.x.shape[0]
+    def n(self):
+        """Training examples (None for a stream, whose size each epoch tells)."""
+        return self.x.shape[0] if self.feed is None else self.feed.n
 
     @property
-    def steps_per_epoch(self) -> int:
+    def steps_per_epoch(self):
+        if self.feed is not None:
+            return self.feed.steps_per_epoch
         return -(-self.n // self.batch_size)
+
+    def epoch_totals(self):
+        """(examples, the loss's denominator, the targets' spread) of the epoch just run."""
+        if self.feed is not None and self.feed.n is None:
+            return self.feed.totals()
+        return self.n, self.loss_denominator, self.ss_tot
 
     @property
     def schedule_per_step(self) -> bool:
@@ -121,7 +133,7 @@ class FitPlan:
 
 
 def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm, validation_data, shuffle,
-            progress, optimizer, schedule, early_stopping, sample_weight) -> FitPlan:
+            progress, optimizer, schedule, early_stopping, sample_weight, host_batches=None) -> FitPlan:
     """Check every argument of ``fit`` and move the data to the model's backend."""
     epochs = check_int("epochs", epochs, low=0)
     if batch_size is not None:
@@ -137,33 +149,83 @@ def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm,
     shuffle = check_bool("shuffle", shuffle)
     progress = check_bool("progress", progress)
 
+    data = _training_data(net, X, y, sample_weight, batch_size, shuffle, epochs, host_batches)
+    validation = _check_validation(net, validation_data, data["learned"])
+    schedule = as_schedule(schedule)
+    base_lr = getattr(optimizer, "lr", None)
+    if schedule is not None and base_lr is None:
+        raise TypeError("a schedule scales the optimizer's lr attribute, and this optimizer has none")
+    if schedule is not None and schedule.per == "step" and data["feed"] is not None \
+            and data["feed"].steps_per_epoch is None:
+        raise ValueError("a per-step schedule needs the number of steps an epoch: "
+                         "pass BatchStream(..., n_batches=...)")
+    stopper = as_early_stopping(early_stopping)
+    if stopper is not None:
+        _check_monitor(stopper.monitor, net.is_classifier, validation is not None)
+    return FitPlan(epochs=epochs, optimizer=optimizer, clip_norm=clip_norm, shuffle=shuffle, progress=progress,
+                   schedule=schedule, base_lr=base_lr, stopper=stopper, validation=validation,
+                   metric=metric_name(net.is_classifier), **data)
+
+
+def _training_data(net, X, y, sample_weight, batch_size, shuffle, epochs, host_batches) -> dict:
+    """The training data checked, and where its batches come from: the backend (in-memory
+    data, moved once), a memory map read a batch of rows at a time, or a stream."""
+    stream = as_batch_stream(X)
+    if stream is not None:
+        return _stream_data(net, stream, y, sample_weight, epochs)
     learned = net.learnable(X, y)
-    x_host = net.validate_features(X, feature_names=learned.feature_names, input_scaling=learned.input_scaling)
+    on_host = _batches_from_host(net, X, host_batches)
+    x_host = net.validate_features(X, feature_names=learned.feature_names, input_scaling=learned.input_scaling,
+                                   convert=not on_host)
     y_host = net.validate_targets(y, x_host.shape[0], classes=learned.classes)
     w_host = check_sample_weight(sample_weight, x_host.shape[0])
     if w_host is not None:
         # only ratios matter: at most 1, so no batch sum overflows a float32 model
         w_host = w_host / w_host.max()
-    validation = _check_validation(net, validation_data, learned)
-    schedule = as_schedule(schedule)
-    base_lr = getattr(optimizer, "lr", None)
-    if schedule is not None and base_lr is None:
-        raise TypeError("a schedule scales the optimizer's lr attribute, and this optimizer has none")
-    stopper = as_early_stopping(early_stopping)
-    if stopper is not None:
-        _check_monitor(stopper.monitor, net.is_classifier, validation is not None)
+    be, n = net.backend, x_host.shape[0]
+    batch_size = n if batch_size is None else min(batch_size, n)
+    data = dict(batch_size=batch_size, learned=learned, x=None, targets=None, weights=None, feed=None,
+                loss_denominator=float(n if w_host is None else w_host.sum()),
+                # R^2 from running sums needs the targets' spread, once
+                ss_tot=None if net.is_classifier else total_sum_of_squares(y_host))
+    if on_host:
+        data["feed"] = RowsFeed(net, x_host, y_host, w_host, batch_size, shuffle, learned.input_scaling)
+    else:
+        data.update(x=be.asarray(x_host, dtype=net.dtype), targets=net.device_targets(y_host),
+                    weights=None if w_host is None else be.asarray(w_host, dtype=net.dtype))
+    return data
 
-    be = net.backend
-    n = x_host.shape[0]
-    return FitPlan(
-        epochs=epochs, batch_size=n if batch_size is None else min(batch_size, n), optimizer=optimizer,
-        clip_norm=clip_norm, shuffle=shuffle, progress=progress, schedule=schedule, base_lr=base_lr,
-        stopper=stopper, x=be.asarray(x_host, dtype=net.dtype), targets=net.device_targets(y_host),
-        weights=None if w_host is None else be.asarray(w_host, dtype=net.dtype),
-        loss_denominator=float(n if w_host is None else w_host.sum()),
-        # R^2 from running sums needs the targets' spread, once
-        ss_tot=None if net.is_classifier else total_sum_of_squares(y_host),
-        validation=validation, metric=metric_name(net.is_classifier), learned=learned)
+
+def _batches_from_host(net, X, host_batches) -> bool:
+    """Whether X's batches are read from the host as they are needed: a memory map, or an
+    array larger than the device's share of memory, unless ``host_batches`` says."""
+    if host_batches is not None:
+        host_batches = check_bool("host_batches", host_batches)
+        if host_batches and not isinstance(X, np.ndarray):
+            raise TypeError(f"host_batches=True reads the batches of a NumPy array (a memory map), "
+                            f"got {type(X).__name__}")
+        return host_batches
+    if isinstance(X, np.memmap):
+        return True
+    return isinstance(X, np.ndarray) and X.ndim == 2 and \
+        not net.backend.fits_on_device(X.shape[0] * X.shape[1] * net.dtype.itemsize)
+
+
+def _stream_data(net, stream, y, sample_weight, epochs) -> dict:
+    if y is not None:
+        raise TypeError("a BatchStream yields its targets with its batches: y must be None")
+    if sample_weight is not None:
+        raise TypeError("a BatchStream yields its weights with its batches, as (X, y, w): "
+                        "sample_weight must be None")
+    if stream.one_shot and epochs > 1:
+        raise ValueError(f"the BatchStream is a one-shot iterator, which serves one epoch, not {epochs}: "
+                         "pass a function that returns a new iterator for each epoch")
+    if net.standardize and net.input_scaling is None:
+        raise ValueError("standardize=True learns the scaling from the whole data before training, which a "
+                         "stream cannot give: pass MLP(input_scaling=gpunet.scaling.InputScaling.learn(sample))")
+    learned = Learned(net.classes, net.feature_names, net.input_scaling)
+    return dict(batch_size=None, learned=learned, x=None, targets=None, weights=None,
+                feed=StreamFeed(net, stream, learned), loss_denominator=None, ss_tot=None)
 
 
 def _check_validation(net, validation_data, learned):
@@ -345,16 +407,19 @@ def batches(backend, x, targets, weights, order, batch_size):
 def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None):
     """One pass over the data in (shuffled) batches, as replays of ``graph`` (a
     ``StepGraph``) when given; returns the lr of its last step."""
-    order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
     lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
     step_lr = None if plan.schedule is None else lr
     step.begin_epoch(epoch)
-    if graph is not None:
-        lrs = [plan.lr_for(epoch, index) for index in range(plan.steps_per_epoch)]
-        graph.run_epoch(order, lrs)
-        return lr if lrs[-1] is None else lrs[-1]
-    for index, (x, targets, row_scale, batch_weight) in enumerate(
-            batches(net.backend, plan.x, plan.targets, plan.weights, order, plan.batch_size)):
+    if plan.feed is not None:
+        epoch_batches = plan.feed.epoch(epoch)
+    else:
+        order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
+        if graph is not None:
+            lrs = [plan.lr_for(epoch, index) for index in range(plan.steps_per_epoch)]
+            graph.run_epoch(order, lrs)
+            return lr if lrs[-1] is None else lrs[-1]
+        epoch_batches = batches(net.backend, plan.x, plan.targets, plan.weights, order, plan.batch_size)
+    for index, (x, targets, row_scale, batch_weight) in enumerate(epoch_batches):
         if plan.schedule_per_step and index:
             lr = step_lr = plan.lr_for(epoch, index)
         step(x, targets, row_scale, batch_weight, step_lr)
@@ -374,8 +439,8 @@ def record_epoch(net, plan: FitPlan, history: History, sums, lr, started) -> dic
     """Append the epoch's figures to ``history`` (``started``: its ``perf_counter`` start);
     returns them."""
     loss_sum, metric_sum = sums
-    record = {"loss": loss_sum / plan.loss_denominator,
-              plan.metric: metric_from_sums(metric_sum, plan.n, plan.ss_tot)}
+    n, loss_denominator, ss_tot = plan.epoch_totals()
+    record = {"loss": loss_sum / loss_denominator, plan.metric: metric_from_sums(metric_sum, n, ss_tot)}
     if plan.validation is not None:
         record["val_loss"], record[f"val_{plan.metric}"] = evaluate(net, *plan.validation)
     record["lr"] = lr
@@ -439,9 +504,9 @@ def _progress_bar(enabled, epochs):
 
 
 # ---- the loop ---------------------------------------------------------------------------------
-def fit(net, X, y, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=False, clip_norm=None,
+def fit(net, X, y=None, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=False, clip_norm=None,
         validation_data=None, shuffle=True, progress=True, optimizer=None, schedule=None,
-        early_stopping=None, sample_weight=None) -> History:
+        early_stopping=None, sample_weight=None, host_batches=None) -> History:
     """Train ``net`` in place and return a ``History``.
 
     X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
@@ -459,6 +524,14 @@ def fit(net, X, y, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=
     (accuracy and R^2 stay unweighted, as does the validation data).
     ``progress`` shows a bar over the epochs (tqdm, when stderr is a terminal).
 
+    Data that do not fit in memory: X may be a ``numpy.memmap`` (``np.load(path,
+    mmap_mode="r")``), whose batches are read a batch of rows at a time in the shuffled order
+    (checked once, in row chunks, before training), or a ``gpunet.data.BatchStream`` (or a
+    function returning an epoch's batches), which yields ``(X_batch, y_batch[, w_batch])``
+    with y None. ``host_batches`` (None: memory maps, and arrays larger than half the
+    device's free memory) makes the batches come from the host a batch at a time (on a
+    GPU, copied while the step before runs) rather than moving the data to the device once.
+
     Every argument is checked before the model is touched. The model is claimed for the
     whole call: a second ``fit`` of it (from any thread) raises RuntimeError, and other
     threads' inference sees the parameters between two optimizer steps.
@@ -466,7 +539,7 @@ def fit(net, X, y, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=
     plan = prepare(net, X, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                    clip_norm=clip_norm, validation_data=validation_data, shuffle=shuffle, progress=progress,
                    optimizer=optimizer, schedule=schedule, early_stopping=early_stopping,
-                   sample_weight=sample_weight)
+                   sample_weight=sample_weight, host_batches=host_batches)
     with net.training():
         net.classes, net.feature_names, net.input_scaling = plan.learned   # what the data told, once checked
         history = new_history(plan)

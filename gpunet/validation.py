@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 import numbers
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 __all__ = ["check_real", "check_int", "check_bool", "check_float_dtype", "as_host_array",
            "check_features", "check_labels", "check_targets", "check_binary_targets", "check_sample_weight",
            "check_classes", "infer_classes", "encode_labels", "check_feature_names", "frame_feature_names",
-           "select_frame_features"]
+           "select_frame_features", "Learned"]
 
 
 def check_real(name, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
@@ -130,13 +132,7 @@ def _check_finite(name, arr, dtype=None):
                          f"(|value| > {limit:.4g})")
 
 
-def check_features(x, n_features: int, name="X", dtype=None, scaling=None) -> np.ndarray:
-    """X must be (N, n_features), N >= 1, real and finite (in ``dtype`` too). Returns the host
-    array, C-ordered and in ``dtype`` when one is given: any other layout (Fortran order, a
-    strided view, big-endian, another dtype, a DataFrame) is converted here, once. With a
-    ``scaling`` (``gpunet.scaling.InputScaling``) the array returned is the scaled copy."""
-    frame = _is_dataframe(x)
-    arr = as_host_array(name, x, dtype=None if scaling is not None else dtype)
+def _check_shape(name, arr, n_features):
     if arr.ndim != 2:
         hint = " (for one example use X.reshape(1, -1), for one feature X.reshape(-1, 1))" if arr.ndim == 1 else ""
         raise ValueError(f"{name} must be 2-D (n_examples, n_features), got shape {arr.shape}{hint}")
@@ -144,6 +140,26 @@ def check_features(x, n_features: int, name="X", dtype=None, scaling=None) -> np
         raise ValueError(f"{name} is empty: it has no examples")
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
+
+
+def check_features(x, n_features: int, name="X", dtype=None, scaling=None, convert=True) -> np.ndarray:
+    """X must be (N, n_features), N >= 1, real and finite (in ``dtype`` too). Returns the host
+    array, C-ordered and in ``dtype`` when one is given: any other layout (Fortran order, a
+    strided view, big-endian, another dtype, a DataFrame) is converted here, once. With a
+    ``scaling`` (``gpunet.scaling.InputScaling``) the array returned is the scaled copy.
+    ``convert=False`` checks an array (a memory map) in row chunks and returns it as it is."""
+    if not convert:
+        if _is_dataframe(x) or not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array (a memory map) to be read a batch at a time, "
+                            f"got {type(x).__name__}")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        _check_shape(name, x, n_features)
+        _check_finite(name, x, None if scaling is not None else dtype)
+        return x
+    frame = _is_dataframe(x)
+    arr = as_host_array(name, x, dtype=None if scaling is not None else dtype)
+    _check_shape(name, arr, n_features)
     if scaling is not None:
         if not frame:
             _check_finite(name, arr)
@@ -252,6 +268,13 @@ def check_sample_weight(w, n_examples: int, name="sample_weight") -> np.ndarray 
 
 
 # ---- label values and feature names -----------------------------------------------------------
+class Learned(NamedTuple):
+    """What a model learns from its training data besides parameters (``MLP.learnable``)."""
+    classes: Any               # label values of the outputs (numpy array) or None
+    feature_names: Any         # list of input column names or None
+    input_scaling: Any         # gpunet.scaling.InputScaling or None
+
+
 def _label_array(y) -> np.ndarray:
     arr = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") and not isinstance(y, np.ndarray) else y)
     if arr.dtype.kind == "O" and arr.size:   # e.g. a pandas object or categorical column

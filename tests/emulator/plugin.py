@@ -78,9 +78,14 @@ class DeviceArray(np.ndarray):
         _host_read("get()")
         return np.array(self, copy=True)
 
-    def set(self, arr):   # cupy: a host-to-device copy into this array
+    def set(self, arr, stream=None):   # cupy: a host-to-device copy into this array (async on ``stream``)
         _refused_in_capture("set() (a host-to-device copy)")
+        if stream is not None and not isinstance(arr, PinnedHostArray):
+            raise RuntimeError("an asynchronous copy from pageable host memory: CUDA runs it synchronously "
+                               "(allocate the host buffer with cupyx.empty_pinned)")
+        _order("copy", (stream or _get_current_stream()).ptr, self.__array_interface__["data"][0])
         self.view(np.ndarray)[...] = arr
+
 
     @property
     def data(self):   # cupy: a MemoryPointer whose .ptr is the device address
@@ -102,6 +107,37 @@ class DeviceArray(np.ndarray):
             return out[0] if len(out) == 1 else out
         return _on_device(result)   # reductions give 0-d device arrays, as in CuPy
 
+
+class PinnedHostArray(np.ndarray):
+    """A host array in page-locked memory (``cupyx.empty_pinned``): what an asynchronous
+    host-to-device copy needs."""
+
+
+def _empty_pinned(shape, dtype=np.float64, order="C"):
+    return np.empty(shape, dtype=dtype, order=order).view(PinnedHostArray)
+
+
+# The order of what is queued on which stream, when a test turns it on: ("launch", stream,
+# kernel), ("copy", stream, device address), ("record", stream, event), ("wait", stream,
+# event) and ("event_sync", None, event), with events named by id.
+ORDER_LOG: list = []
+_ORDER = {"on": False}
+
+
+@contextlib.contextmanager
+def ordering_log():
+    """``with ordering_log() as log:`` records the queue order in ``log`` (a list)."""
+    ORDER_LOG.clear()
+    _ORDER["on"] = True
+    try:
+        yield ORDER_LOG
+    finally:
+        _ORDER["on"] = False
+
+
+def _order(what, stream_ptr, detail):
+    if _ORDER["on"]:
+        ORDER_LOG.append((what, stream_ptr, detail))
 
 _HOOKS: list = []
 
@@ -300,6 +336,7 @@ class _Stream:
 
     def wait_event(self, event):
         STREAM_LOG.append(("wait", self.ptr))
+        _order("wait", self.ptr, id(event))
 
     def __enter__(self):
         stack = _current_stream.__dict__.setdefault("stack", [])
@@ -332,6 +369,7 @@ def _record_launch(kernel, grid, block, args, shared_mem):
     """HostKernel.recorder: a launch on a capturing stream goes into its graph."""
     stream = _capturing_stream()
     if stream is None:
+        _order("launch", _get_current_stream().ptr, kernel.name)
         return False
     stream._captured.append((kernel, grid, block, tuple(args), shared_mem))
     return True
@@ -355,10 +393,13 @@ class _Event:
         pass
 
     def record(self, stream=None):
-        STREAM_LOG.append(("record", (stream or _get_current_stream()).ptr))
+        ptr = (stream or _get_current_stream()).ptr
+        STREAM_LOG.append(("record", ptr))
+        _order("record", ptr, id(self))
 
     def synchronize(self):
-        pass
+        _refused_in_capture("an event synchronisation")
+        _order("event_sync", None, id(self))
 
 
 class _Device:
@@ -406,6 +447,7 @@ def _make_cupy():
     cp._core = core
     cupyx = types.ModuleType("cupyx")
     cupyx.allow_synchronize = allow_synchronize
+    cupyx.empty_pinned = _empty_pinned
     return {"cupy": cp, "cupy.cuda": cuda_mod, "cupy._core": core, "cupy._core._routines_linalg": linalg,
             "cupyx": cupyx}
 
