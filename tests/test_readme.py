@@ -65,3 +65,24 @@ def test_the_architecture_docs_example_runs():
     scope = {}
     exec(compile(example, "docs/architecture.md", "exec"), scope)
     assert scope["probs"].shape == (256, 3) and float(scope["loss"]) > 0
+
+
+def test_the_your_own_data_example_runs(tmp_path, monkeypatch):
+    """The README's DataFrame, memory-map and stream lines, on small stand-ins for its data."""
+    pd = pytest.importorskip("pandas", reason="the example trains on a pandas DataFrame")
+    import numpy as np
+
+    import gpunet as gn
+    example = next(b for b in _blocks("python") if b.startswith("net = gn.MLP([4, 32, 3], standardize=True)"))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 4))
+    labels = np.array(["setosa", "versicolor", "virginica"])[np.arange(90) % 3]
+    monkeypatch.chdir(tmp_path)
+    np.save("big.npy", X)
+    scope = {"gn": gn, "np": np, "frame": pd.DataFrame(X, columns=["a", "b", "c", "d"]),
+             "frame_labels": labels, "big_labels": labels,
+             "read_batches": lambda: ((X[s:s + 30], labels[s:s + 30]) for s in range(0, 90, 30))}
+    exec(compile(example, "README.md", "exec"), scope)
+    net = scope["net"]
+    assert net.feature_names == ["a", "b", "c", "d"] and net.classes.tolist() == sorted(set(labels))
+    assert set(net.predict(scope["frame"])) <= set(labels)
