@@ -3,7 +3,7 @@ data held on the device (in memory on the CPU), in alternating rounds: a memory-
 ``.npy`` file (each batch's rows read and converted) and a ``BatchStream`` of in-memory
 batches. On a GPU each batch is copied from page-locked buffers on a stream of its own while
 the step before runs; the target is host/device <= 1.25 (80% of the in-device step rate).
-200000 x 100 float32 examples (20000 in the smoke run), a 100-256-256-10 network, batch 1024.
+200000 x 100 float32 examples (4096 in the smoke run), a 100-256-256-10 network, batch 1024.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _stream(X, y):
 
 @pytest.mark.parametrize("source", ["memmap", "stream"])
 def test_fit_host_batches(benchmark, measure, request, backend, memmap_file, source):
-    rows = 20_000 if request.config.getoption("benchmark_disable") else 200_000
+    rows = 4096 if request.config.getoption("benchmark_disable") else 200_000    # the smoke run: 4 batches
     X, y = _data(rows)
     fit_host = _epoch(backend, memmap_file(rows), y) if source == "memmap" else _epoch(backend, _stream(X, y), None)
     fit_device = _epoch(backend, X, y)

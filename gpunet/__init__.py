@@ -10,12 +10,13 @@ from .backend import get_backend, set_backend, to_numpy, use_backend
 from .gradcheck import gradcheck
 from .mlp import MLP
 from .optim import SGD, Adam, AdamW, RMSprop
-from .train import History, TrainingDiverged
+from .train import History, TrainingDiverged, TrainingInterrupted
+from . import callbacks, data, scaling  # noqa: E402  (gn.callbacks.ModelCheckpoint, gn.data.BatchStream, ...)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP", "set_backend", "get_backend", "use_backend", "to_numpy", "gradcheck",
-    "SGD", "Adam", "AdamW", "RMSprop", "History", "TrainingDiverged",
+    "SGD", "Adam", "AdamW", "RMSprop", "History", "TrainingDiverged", "TrainingInterrupted",
     "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Identity", "Softmax", "Exp", "__version__",
 ]

@@ -22,6 +22,8 @@ Adding an activation is one class here (and its tests); see ``docs/extending.md`
 from __future__ import annotations
 
 import math
+from types import ModuleType
+from typing import Any, NoReturn
 
 from .softmax import softmax_rows
 
@@ -42,7 +44,10 @@ def _finite_float(name: str, value) -> float:
 
 
 class Activation:
-    """Base class; the class attributes are the registry entry (see the module docstring)."""
+    """Base class of the activations; the class attributes are the registry entry.
+
+    See the module docstring. Arrays are NumPy or CuPy arrays, ``xp`` their module.
+    """
 
     name = "activation"
     aliases: tuple[str, ...] = ()
@@ -53,16 +58,61 @@ class Activation:
     cuda_forward = ""
     cuda_derivative = ""
 
-    def forward(self, xp, z, out=None):
-        """``f(z)``; ``z`` and ``out`` have shape (N, n). ``out`` may be ``z`` (in place)."""
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
+        """``f(z)``, element-wise (the softmax row-wise).
+
+        Parameters
+        ----------
+        xp : module
+            The array module of ``z``: ``numpy`` or ``cupy``.
+        z : ndarray of shape (N, n)
+            Pre-activations.
+        out : ndarray of shape (N, n), optional
+            Where to write the result; may be ``z`` itself (in place).
+
+        Returns
+        -------
+        ndarray
+            ``f(z)`` (in ``out`` when given).
+        """
         raise NotImplementedError
 
-    def derivative_from_output(self, xp, a):
-        """``f'(z)`` expressed through ``a = f(z)``, shape of ``a``."""
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> Any:
+        """``f'(z)`` expressed through the output ``a = f(z)``.
+
+        Parameters
+        ----------
+        xp : module
+            The array module of ``a``.
+        a : ndarray
+            The activation's output.
+
+        Returns
+        -------
+        ndarray
+            ``f'(z)``, shaped like ``a``.
+        """
         raise NotImplementedError
 
-    def backward(self, xp, grad, a, out=None):
-        """Chain rule through the activation: ``grad * f'(z)``, computed from ``a``."""
+    def backward(self, xp: ModuleType, grad: Any, a: Any, out: Any = None) -> Any:
+        """Chain rule through the activation: ``grad * f'(z)``, computed from ``a``.
+
+        Parameters
+        ----------
+        xp : module
+            The array module of the arrays.
+        grad : ndarray of shape (N, n)
+            The gradient with respect to the output ``a``.
+        a : ndarray of shape (N, n)
+            The activation's output.
+        out : ndarray of shape (N, n), optional
+            Where to write the result; may be ``grad`` itself.
+
+        Returns
+        -------
+        ndarray
+            The gradient with respect to ``z`` (in ``out`` when given).
+        """
         return xp.multiply(grad, self.derivative_from_output(xp, a), out=out)
 
     @property
@@ -71,7 +121,13 @@ class Activation:
         return (0.0, 0.0)
 
     def config(self) -> dict:
-        """A JSON-able description that ``get_activation`` turns back into this object."""
+        """A JSON-able description that ``get_activation`` turns back into this object.
+
+        Returns
+        -------
+        dict
+            ``{"name": ...}`` and the activation's parameters.
+        """
         return {"name": self.name}
 
     def __eq__(self, other):
@@ -86,22 +142,24 @@ class Activation:
 
 
 class Identity(Activation):
+    """``f(z) = z``: a linear layer (a regressor's usual output)."""
+
     name, kernel_id = "identity", 0
     hidden = output = True
     cuda_forward = "return z;"
     cuda_derivative = "return T(1);"
 
-    def forward(self, xp, z, out=None):
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
         if out is None:
             return z.copy()
         if out is not z:
             out[...] = z
         return out
 
-    def derivative_from_output(self, xp, a):
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> Any:
         return xp.ones_like(a)
 
-    def backward(self, xp, grad, a, out=None):
+    def backward(self, xp: ModuleType, grad: Any, a: Any, out: Any = None) -> Any:
         if out is None:
             return grad.copy()
         if out is not grad:
@@ -118,6 +176,20 @@ class Sigmoid(Activation):
     passes (no masked selects, which are several times slower in NumPy). Derivative from
     the output: ``f' = beta * a * (1 - a / c)``. The kernel's form, ``exp`` of ``-|beta z|``
     only, never overflows either (a NaN takes the ``e`` branch and stays NaN).
+
+    Parameters
+    ----------
+    c : float, default 1.0
+        The output's upper bound, > 0.
+    beta : float, default 1.0
+        The slope, > 0.
+
+    Raises
+    ------
+    TypeError
+        When ``c`` or ``beta`` is not a real number.
+    ValueError
+        When either is not finite or not positive.
     """
 
     name, kernel_id = "sigmoid", 1
@@ -128,7 +200,7 @@ class Sigmoid(Activation):
         return ((bz >= T(0) ? T(1) : e) / (T(1) + e)) * p0;"""
     cuda_derivative = "return (a * (T(1) - a / p0)) * p1;"
 
-    def __init__(self, c: float = 1.0, beta: float = 1.0):
+    def __init__(self, c: float = 1.0, beta: float = 1.0) -> None:
         self.c = _finite_float("sigmoid c", c)
         self.beta = _finite_float("sigmoid beta", beta)
         if self.c <= 0:
@@ -136,7 +208,7 @@ class Sigmoid(Activation):
         if self.beta <= 0:
             raise ValueError(f"sigmoid beta must be > 0, got {self.beta}")
 
-    def forward(self, xp, z, out=None):
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
         bound = (80.0 if z.dtype.itemsize <= 4 else 700.0) / self.beta
         t = xp.clip(z, -bound, bound, out=out)
         t *= -self.beta
@@ -147,7 +219,7 @@ class Sigmoid(Activation):
             t *= self.c
         return t
 
-    def derivative_from_output(self, xp, a):
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> Any:
         if self.c == 1.0:
             d = a * (1.0 - a)
         else:
@@ -157,88 +229,112 @@ class Sigmoid(Activation):
         return d
 
     @property
-    def kernel_params(self):
+    def kernel_params(self) -> tuple[float, float]:
+        """``(c, beta)``, the kernels' p0 and p1."""
         return (self.c, self.beta)
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "c": self.c, "beta": self.beta}
 
 
 class Tanh(Activation):
+    """``tanh(z)``; derivative from the output ``1 - a^2``."""
+
     name, kernel_id = "tanh", 2
     hidden = output = True
     cuda_forward = "return gn_tanh(z);"
     cuda_derivative = "return T(1) - a * a;"
 
-    def forward(self, xp, z, out=None):
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
         return xp.tanh(z, out=out)
 
-    def derivative_from_output(self, xp, a):
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> Any:
         return 1.0 - a * a
 
 
 class ReLU(Activation):
+    """``max(z, 0)``; slope 0 at z == 0, as PyTorch's."""
+
     name, kernel_id = "relu", 3
     hidden = True
     cuda_forward = "return z < T(0) ? T(0) : z;   // NaN passes through, as np.maximum does"
     cuda_derivative = "return a > T(0) ? T(1) : T(0);   // slope 0 at z == 0, as PyTorch"
 
-    def forward(self, xp, z, out=None):
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
         return xp.maximum(z, 0, out=out)
 
-    def derivative_from_output(self, xp, a):
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> Any:
         return (a > 0).astype(a.dtype)
 
-    def backward(self, xp, grad, a, out=None):
+    def backward(self, xp: ModuleType, grad: Any, a: Any, out: Any = None) -> Any:
         # where f(z) > 0 the slope is 1, elsewhere 0 (including z == 0, as PyTorch does)
         return xp.multiply(grad, a > 0, out=out)
 
 
 class LeakyReLU(Activation):
-    """``z`` for z >= 0, ``slope * z`` below. A slope in [0, 1) keeps the sign of z in the
-    output, which is what lets the derivative be read off the output."""
+    """``z`` for z >= 0, ``slope * z`` below.
+
+    A slope in [0, 1) keeps the sign of z in the output, which is what lets the derivative
+    be read off the output.
+
+    Parameters
+    ----------
+    slope : float, default 0.01
+        The slope below zero, in [0, 1).
+
+    Raises
+    ------
+    TypeError
+        When ``slope`` is not a real number.
+    ValueError
+        When it is not finite or not in [0, 1).
+    """
 
     name, kernel_id = "leaky_relu", 4
     hidden = True
     cuda_forward = "return z < T(0) ? z * p0 : z;"
     cuda_derivative = "return a > T(0) ? T(1) : p0;"
 
-    def __init__(self, slope: float = 0.01):
+    def __init__(self, slope: float = 0.01) -> None:
         self.slope = _finite_float("leaky_relu slope", slope)
         if not 0.0 <= self.slope < 1.0:
             raise ValueError(f"leaky_relu slope must be in [0, 1), got {self.slope}")
 
-    def forward(self, xp, z, out=None):
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
         # max(z, slope*z) is z above zero and slope*z below, because 0 <= slope < 1
         return xp.maximum(z, z * self.slope, out=out)
 
-    def derivative_from_output(self, xp, a):
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> Any:
         return xp.where(a > 0, 1.0, self.slope).astype(a.dtype, copy=False)
 
     @property
-    def kernel_params(self):
+    def kernel_params(self) -> tuple[float, float]:
+        """``(slope, 0)``, the kernels' p0 and p1."""
         return (self.slope, 0.0)
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": self.name, "slope": self.slope}
 
 
 class Exp(Activation):
-    """``exp(z)``, an output activation: the mean of a Poisson regressor (with the Poisson loss
-    its gradient at z is ``exp(z) - y``). Derivative from the output: ``f' = a``."""
+    """``exp(z)``, an output activation: the mean of a Poisson regressor.
+
+    With the Poisson loss its gradient at z is ``exp(z) - y``. Derivative from the output:
+    ``f' = a``.
+    """
 
     name, kernel_id = "exp", 5
     output = True
     cuda_forward = "return gn_exp(z);"
     cuda_derivative = "return a;"
 
-    def forward(self, xp, z, out=None):
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
         return xp.exp(z, out=out)
 
-    def derivative_from_output(self, xp, a):
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> Any:
         return a.copy()
 
-    def backward(self, xp, grad, a, out=None):
+    def backward(self, xp: ModuleType, grad: Any, a: Any, out: Any = None) -> Any:
         return xp.multiply(grad, a, out=out)
 
 
@@ -254,13 +350,27 @@ class Softmax(Activation):
     output = True
     elementwise = False
 
-    def forward(self, xp, z, out=None):
+    def forward(self, xp: ModuleType, z: Any, out: Any = None) -> Any:
         return softmax_rows(xp, z, out=out)
 
-    def derivative_from_output(self, xp, a):
+    def derivative_from_output(self, xp: ModuleType, a: Any) -> NoReturn:
+        """Not defined: the softmax's Jacobian is not element-wise (use ``backward``).
+
+        Parameters
+        ----------
+        xp : module
+            The array module of ``a``.
+        a : ndarray
+            The activation's output.
+
+        Raises
+        ------
+        ValueError
+            Always.
+        """
         raise ValueError("softmax has a full Jacobian, not an element-wise derivative; use backward()")
 
-    def backward(self, xp, grad, a, out=None):
+    def backward(self, xp: ModuleType, grad: Any, a: Any, out: Any = None) -> Any:
         inner = (grad * a).sum(axis=1, keepdims=True)
         return xp.multiply(a, grad - inner, out=out)
 

@@ -17,6 +17,7 @@ import contextvars
 import logging
 import os
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -76,11 +77,28 @@ def _make(name: str) -> NumpyBackend:
 
 
 def set_backend(name: str = "auto") -> NumpyBackend:
-    """Select the process-wide default backend for models created and used from now on
-    (in every thread, outside ``use_backend`` blocks); returns it.
+    """Select the process-wide default backend for models created and used from now on.
 
-    ``"auto"``: CuPy when a GPU works, else NumPy. ``"numpy"``. ``"cupy"``: raises
-    RuntimeError (with the reason) when no GPU is usable.
+    Every thread sees it, outside ``use_backend`` blocks.
+
+    Parameters
+    ----------
+    name : {"auto", "numpy", "cupy"}, default "auto"
+        ``"auto"``: CuPy when a GPU works, else NumPy (logged, not warned).
+
+    Returns
+    -------
+    NumpyBackend
+        The backend (a ``CupyBackend``, a subclass, on the GPU).
+
+    Raises
+    ------
+    TypeError
+        When ``name`` is not a string.
+    ValueError
+        For an unknown name.
+    RuntimeError
+        For ``"cupy"`` when no GPU is usable, with the reason.
     """
     global _default
     backend = _make(name)
@@ -95,8 +113,21 @@ def default_backend_chosen() -> bool:
 
 
 def get_backend() -> NumpyBackend:
-    """The backend of the innermost ``use_backend`` block of this thread or task, else the
-    process default (chosen from ``GPUNET_BACKEND``, default "auto", on first use)."""
+    """The backend of the innermost ``use_backend`` block of this thread or task, else the default.
+
+    The process default is chosen on first use from ``GPUNET_BACKEND`` (default "auto"),
+    unless ``set_backend`` chose it.
+
+    Returns
+    -------
+    NumpyBackend
+        The active backend.
+
+    Raises
+    ------
+    ValueError, RuntimeError
+        When ``GPUNET_BACKEND`` names an unknown backend, or "cupy" without a usable GPU.
+    """
     scoped = _scoped.get()
     if scoped is not None:
         return scoped
@@ -125,9 +156,26 @@ def resolve_backend(backend=None) -> NumpyBackend:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
-    """``with use_backend("numpy"): ...`` selects a backend for the block, in this thread or
-    asyncio task only, then restores what it had."""
+def use_backend(name: str) -> Iterator[NumpyBackend]:
+    """``with use_backend("numpy"): ...`` selects a backend for the block, then restores the last.
+
+    Only in this thread or asyncio task: other threads keep theirs.
+
+    Parameters
+    ----------
+    name : {"auto", "numpy", "cupy"}
+        The backend, as for ``set_backend``.
+
+    Yields
+    ------
+    NumpyBackend
+        The backend selected.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        As ``set_backend`` raises them.
+    """
     backend = _make(name)
     token = _scoped.set(backend)
     try:
@@ -136,8 +184,19 @@ def use_backend(name: str):
         _scoped.reset(token)
 
 
-def to_numpy(x) -> np.ndarray:
-    """A NumPy array from a NumPy or CuPy array (or anything ``np.asarray`` takes)."""
+def to_numpy(x: object) -> np.ndarray:
+    """A NumPy array from a NumPy or CuPy array (or anything ``np.asarray`` takes).
+
+    Parameters
+    ----------
+    x : array-like
+        A NumPy or CuPy array, or anything ``np.asarray`` takes.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``x`` itself for a NumPy array, else a host copy.
+    """
     get = getattr(x, "get", None)
     if get is not None and type(x).__module__.startswith("cupy"):
         return get()

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--suite", metavar="DIR", default=None,
                         help="the benchmarks/ directory (default: found next to the gpunet sources)")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
-                        help="pytest -k expression to pick cases, e.g. 'train_step or ceiling'")
+                        help="pytest -k expression to pick cases, e.g. 'train_step or ceiling' (default: every case)")
     return parser
 
 

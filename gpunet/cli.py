@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from gpunet import __version__
 from gpunet.activations import HIDDEN_ACTIVATIONS
 
 __all__ = ["main"]
@@ -46,6 +47,21 @@ FILE_OPTION_DEFAULTS = {"target": None, "test_size": 0.2, "task": "auto", "no_st
                         "drop_missing": False}
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Ends each option's help with its default, as ``(default: 40)`` (a list's items spaced).
+
+    Left as they are: on/off flags (off unless given), options whose default is None (not
+    given: their help says what happens then) and helps that state their default in words."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        if isinstance(action.default, (list, tuple)):
+            return f"{text} (default: {' '.join(map(str, action.default))})"
+        return f"{text} (default: %(default)s)"
+
+
 def _add_backend_argument(parser):
     parser.add_argument("--backend", default=None, choices=["auto", "numpy", "cupy"],
                         help="array backend (default: GPUNET_BACKEND if set, else auto)")
@@ -58,19 +74,21 @@ def _add_drop_missing_argument(parser):
 
 def _build_parser():
     parser = argparse.ArgumentParser(prog="gpunet", description="Train multilayer perceptrons by explicit backpropagation.")
+    parser.add_argument("--version", action="version", version=f"gpunet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an MLP on a bundled dataset or a data file and print its scores",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     source = t.add_mutually_exclusive_group()
     source.add_argument("--dataset", default="digits", choices=["digits", "mnist1d", "spirals", "regression"],
                         help="a bundled dataset")
     source.add_argument("--data", metavar="FILE",
-                        help="a data file: .csv, .tsv, .txt, .npy, .npz or .parquet (see docs/cli.md)")
+                        help="a data file to train on instead: .csv, .tsv, .txt, .npy, .npz or .parquet "
+                             "(see docs/cli.md)")
     files = t.add_argument_group("training on a data file (--data)")
     files.add_argument("--target", metavar="COLUMN",
-                       help="the column to predict: its name, or its index in a file without a header "
-                            "(-1 is the last); in an .npz archive also an array's name, such as y")
+                       help="the column to predict (needed with --data): its name, or its index in a file without "
+                            "a header (-1 is the last); in an .npz archive also an array's name, such as y")
     files.add_argument("--test-size", type=_test_fraction, default=FILE_OPTION_DEFAULTS["test_size"],
                        help="share of the rows held out to test on (stratified for a classifier); 0 for none")
     files.add_argument("--task", default=FILE_OPTION_DEFAULTS["task"], choices=["auto", "classify", "regress"],
@@ -82,23 +100,26 @@ def _build_parser():
     _add_drop_missing_argument(files)
     t.add_argument("--hidden", type=_positive_int, nargs="*", default=[256], metavar="WIDTH",
                    help="hidden layer widths")
-    t.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS)
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--batch-size", type=_positive_int, default=32)
+    t.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS, help="hidden layers' activation")
+    t.add_argument("--epochs", type=int, default=40, help="passes over the training data")
+    t.add_argument("--batch-size", type=_positive_int, default=32, help="examples per optimizer step")
     t.add_argument("--full-batch", action="store_true", help="one step per epoch over all training data")
     t.add_argument("--lr", type=float, default=0.02, help="learning rate")
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--nesterov", action="store_true")
-    t.add_argument("--weight-decay", type=float, default=1e-3)
-    t.add_argument("--clip-norm", type=float, default=None, help="clip the gradient's global norm")
-    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    t.add_argument("--seed", type=_non_negative_int, default=0)
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum; 0 for none")
+    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    t.add_argument("--weight-decay", type=float, default=1e-3, help="L2 penalty lambda on the weights")
+    t.add_argument("--clip-norm", type=float, default=None,
+                   help="rescale the gradient when its global L2 norm exceeds this (by default no clipping)")
+    t.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="arithmetic precision")
+    t.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seeds the initialisation, the shuffles and the test split")
     _add_backend_argument(t)
     t.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     t.add_argument("--plot", metavar="PNG", help="write the learning curves (needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("predict", help="predict with a saved model on a data file; CSV on stdout, or -o OUT")
+    p = sub.add_parser("predict", help="predict with a saved model on a data file; CSV on stdout, or -o OUT",
+                       formatter_class=_HelpFormatter)
     p.add_argument("model", help="a model file written by gpunet train --save (or MLP.save)")
     p.add_argument("file", help="a data file: .csv, .tsv, .txt, .npy, .npz or .parquet; a column holding the "
                                 "model's target is ignored")
@@ -106,12 +127,13 @@ def _build_parser():
                    help="write a classifier's probabilities, one column per class named proba_<label>, "
                         "instead of the labels")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help=f"write to OUT, in the format of its extension ({', '.join(PREDICTION_FORMATS)})")
+                   help=f"write to OUT, in the format of its extension ({', '.join(PREDICTION_FORMATS)}) "
+                        "(default: CSV on stdout)")
     _add_drop_missing_argument(p)
     _add_backend_argument(p)
 
     e = sub.add_parser("evaluate", help="score a saved model on a labelled data file: loss, accuracy and a "
-                                        "confusion matrix, or R^2, MSE and MAE")
+                                        "confusion matrix, or R^2, MSE and MAE", formatter_class=_HelpFormatter)
     e.add_argument("model", help="a model file written by gpunet train --save (or MLP.save)")
     e.add_argument("file", help="a data file: .csv, .tsv, .txt, .npy, .npz or .parquet")
     e.add_argument("--target", metavar="COLUMN",
@@ -119,15 +141,17 @@ def _build_parser():
     _add_drop_missing_argument(e)
     _add_backend_argument(e)
 
-    sub.add_parser("info", help="versions, the active backend and whether a GPU is usable")
+    sub.add_parser("info", help="versions, the active backend and whether a GPU is usable",
+                   formatter_class=_HelpFormatter)
 
     from gpunet.bench import add_arguments as add_bench_arguments
     add_bench_arguments(sub.add_parser("bench", help="run the benchmark suite (a source checkout's benchmarks/) "
-                                       "and write JSON, a markdown table and a plot"))
+                                       "and write JSON, a markdown table and a plot", formatter_class=_HelpFormatter))
 
     from gpunet.recipes import add_recipe_arguments
     add_recipe_arguments(sub.add_parser("recipe", help="reproduce a reference result (digits, mnist1d, "
-                                        "regression) and print it beside the reference"))
+                                        "regression) and print it beside the reference",
+                                        formatter_class=_HelpFormatter))
     return parser
 
 
@@ -173,9 +197,19 @@ def _train(args):
 
 
 def _check_folder(option, path):
-    folder = os.path.dirname(os.path.abspath(path)) if path else None
-    if folder and not os.path.isdir(folder):
+    """Refuse an output path that cannot be written, before any work is done: empty, a
+    folder, in a folder that does not exist or that this user cannot write to."""
+    if path is None:
+        return
+    if not path.strip():
+        raise ValueError(f"{option} needs a file name, got an empty one")
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: that is a folder; name a file in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
         raise ValueError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option} {path}: not writable by this user")
 
 
 def _dataset_setup(args):
@@ -528,6 +562,11 @@ def main(argv=None) -> int:
             from gpunet.recipes import run_from_args
             return run_from_args(args)
         return _info(args)
+    except KeyboardInterrupt as exc:       # Ctrl-C: one line, the shell's status for SIGINT
+        done = getattr(exc, "history", None)
+        epochs = f" after {len(done['loss'])} complete epoch(s)" if done is not None else ""
+        print(f"gpunet {args.command}: interrupted{epochs}", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, RuntimeError, ImportError, FloatingPointError, OSError) as exc:
         print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,10 +18,12 @@ features and int64 labels (regression: float64 targets (N, K)).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .validation import check_int, check_real
 
@@ -30,6 +32,18 @@ __all__ = ["Dataset", "load_digits", "load_mnist1d", "make_spirals", "make_regre
 
 
 class Dataset(NamedTuple):
+    """A dataset split into training and test parts, as every loader here returns it.
+
+    Parameters
+    ----------
+    X_train, X_test : numpy.ndarray of shape (N, n_features)
+        Float64 features.
+    y_train, y_test : numpy.ndarray
+        Int64 labels (N,), or float64 regression targets (N, K).
+    name : str
+        The dataset's name.
+    """
+
     X_train: np.ndarray
     y_train: np.ndarray
     X_test: np.ndarray
@@ -38,6 +52,7 @@ class Dataset(NamedTuple):
 
     @property
     def n_features(self) -> int:
+        """Number of input features."""
         return self.X_train.shape[1]
 
     @property
@@ -48,8 +63,33 @@ class Dataset(NamedTuple):
         return self.y_train.shape[1]
 
 
-def train_test_split(X, y, test_size=0.2, seed=0, stratify=True):
-    """Shuffle and split; with integer labels and ``stratify`` every class keeps its share."""
+def train_test_split(X: ArrayLike, y: ArrayLike, test_size: float = 0.2, seed: int | None = 0,
+                     stratify: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle and split; with integer labels and ``stratify`` every class keeps its share.
+
+    Parameters
+    ----------
+    X : array-like of shape (N, ...)
+        Features.
+    y : array-like of shape (N, ...)
+        Labels or targets.
+    test_size : float, default 0.2
+        The share of the examples held out, in (0, 1).
+    seed : int or None, default 0
+        Seeds the shuffle.
+    stratify : bool, default True
+        Keep each class's share in both parts (integer labels y of shape (N,) only).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(X_train, y_train, X_test, y_test)``.
+
+    Raises
+    ------
+    ValueError
+        When X and y have different lengths, or ``test_size`` is out of range.
+    """
     test_size = check_real("test_size", test_size, low=0.0, high=1.0, low_open=True, high_open=True)
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
@@ -73,17 +113,53 @@ def train_test_split(X, y, test_size=0.2, seed=0, stratify=True):
 class Standardizer:
     """Zero mean, unit variance per feature, fitted on training data only."""
 
-    def fit(self, X):
+    def fit(self, X: ArrayLike) -> Standardizer:
+        """Learn each feature's mean and standard deviation (1 for a constant feature).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_features)
+            Training features.
+
+        Returns
+        -------
+        Standardizer
+            self, with ``mean_`` and ``scale_``.
+        """
         X = np.asarray(X, dtype=np.float64)
         self.mean_ = X.mean(axis=0)
         std = X.std(axis=0)
         self.scale_ = np.where(std > 0, std, 1.0)   # constant features stay at zero
         return self
 
-    def transform(self, X):
+    def transform(self, X: ArrayLike) -> np.ndarray:
+        """Standardise ``X`` with the fitted mean and scale.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_features)
+            Features.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(X - mean_) / scale_`` in float64.
+        """
         return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
 
-    def fit_transform(self, X):
+    def fit_transform(self, X: ArrayLike) -> np.ndarray:
+        """``fit(X)``, then ``transform(X)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_features)
+            Training features.
+
+        Returns
+        -------
+        numpy.ndarray
+            X standardised, in float64.
+        """
         return self.fit(X).transform(X)
 
 
@@ -95,17 +171,54 @@ def _standardized(name, X_train, y_train, X_test, y_test):
 DIGITS_FILE = Path(__file__).resolve().parent / "datasets" / "digits.npz"
 
 
-def load_digits(test_size=0.2, seed=0, standardize=True) -> Dataset:
-    """The bundled digits (1797 8x8 images, pixel counts 0-16), split with stratification."""
+def load_digits(test_size: float = 0.2, seed: int | None = 0, standardize: bool = True) -> Dataset:
+    """The bundled digits (1797 8x8 images, pixel counts 0-16), split with stratification.
+
+    Parameters
+    ----------
+    test_size : float, default 0.2
+        The share held out for testing.
+    seed : int or None, default 0
+        Seeds the split.
+    standardize : bool, default True
+        Standardise the features with the training part's mean and scale.
+
+    Returns
+    -------
+    Dataset
+        1797 x 64 float64 features, int64 labels 0-9.
+    """
     with np.load(DIGITS_FILE, allow_pickle=False) as bundled:
         X, y = bundled["images"].astype(np.float64), bundled["labels"].astype(np.int64)
     split = train_test_split(X, y, test_size=test_size, seed=seed)
     return _standardized("digits", *split) if standardize else Dataset(*split, "digits")
 
 
-def load_mnist1d(num_samples=5000, seed=42, standardize=True) -> Dataset:
-    """MNIST-1D generated locally with the reference generator's default settings
-    (4000 train / 1000 test sequences of length 40)."""
+def load_mnist1d(num_samples: int = 5000, seed: int = 42, standardize: bool = True) -> Dataset:
+    """MNIST-1D generated locally with the reference generator's default settings.
+
+    4000 train / 1000 test sequences of length 40 with the defaults; the global random
+    states of NumPy and ``random``, which the generator seeds, are left as they were.
+
+    Parameters
+    ----------
+    num_samples : int, default 5000
+        Sequences generated (at least 20), a fifth of them for testing.
+    seed : int, default 42
+        The generator's seed (the reference split).
+    standardize : bool, default True
+        Standardise the features with the training part's mean and scale.
+
+    Returns
+    -------
+    Dataset
+        Float64 sequences, int64 labels 0-9.
+
+    Raises
+    ------
+    ImportError
+        When the ``mnist1d`` package is not installed.
+    """
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError:
@@ -125,8 +238,28 @@ def load_mnist1d(num_samples=5000, seed=42, standardize=True) -> Dataset:
     return _standardized("mnist1d", *parts) if standardize else Dataset(*parts, "mnist1d")
 
 
-def make_spirals(n_samples=3000, n_classes=3, noise=0.2, test_size=0.2, seed=0) -> Dataset:
-    """Interleaved 2-D spirals, one arm per class: not linearly separable."""
+def make_spirals(n_samples: int = 3000, n_classes: int = 3, noise: float = 0.2, test_size: float = 0.2,
+                 seed: int | None = 0) -> Dataset:
+    """Interleaved 2-D spirals, one arm per class: not linearly separable.
+
+    Parameters
+    ----------
+    n_samples : int, default 3000
+        Points in all (at least 2).
+    n_classes : int, default 3
+        Arms (at least 2).
+    noise : float, default 0.2
+        Standard deviation of the angle's noise.
+    test_size : float, default 0.2
+        The share held out for testing.
+    seed : int or None, default 0
+        Seeds the points and the split.
+
+    Returns
+    -------
+    Dataset
+        Standardised (N, 2) features, int64 labels.
+    """
     n_samples = check_int("n_samples", n_samples, low=2)
     n_classes = check_int("n_classes", n_classes, low=2)
     noise = check_real("noise", noise, low=0.0)
@@ -138,9 +271,30 @@ def make_spirals(n_samples=3000, n_classes=3, noise=0.2, test_size=0.2, seed=0) 
     return _standardized("spirals", *train_test_split(X, y.astype(np.int64), test_size=test_size, seed=seed))
 
 
-def make_regression(n_samples=2000, n_features=8, noise=0.1, test_size=0.2, seed=0) -> Dataset:
-    """y = sin(x . u) + (x . v)^2 / 4 + x_0 x_1 / 2 + noise, x ~ N(0, I): smooth and non-linear,
-    so an MLP can clearly beat a linear fit. Targets are (N, 1)."""
+def make_regression(n_samples: int = 2000, n_features: int = 8, noise: float = 0.1, test_size: float = 0.2,
+                    seed: int | None = 0) -> Dataset:
+    """A smooth non-linear regression set, on which an MLP clearly beats a linear fit.
+
+    ``y = sin(2 x . u) + (x . v)^2 / 4 + x_0 x_1 / 2 + noise``, with x ~ N(0, I).
+
+    Parameters
+    ----------
+    n_samples : int, default 2000
+        Examples in all (at least 2).
+    n_features : int, default 8
+        Features (at least 2).
+    noise : float, default 0.1
+        Standard deviation of the targets' Gaussian noise.
+    test_size : float, default 0.2
+        The share held out for testing.
+    seed : int or None, default 0
+        Seeds the data and the split.
+
+    Returns
+    -------
+    Dataset
+        Standardised features and float64 targets of shape (N, 1).
+    """
     n_samples = check_int("n_samples", n_samples, low=2)
     n_features = check_int("n_features", n_features, low=2)
     noise = check_real("noise", noise, low=0.0)
@@ -157,8 +311,26 @@ DATASETS = {"digits": load_digits, "mnist1d": load_mnist1d, "spirals": make_spir
             "regression": make_regression}
 
 
-def load_dataset(name: str, seed=0) -> Dataset:
-    """One of ``DATASETS`` by name."""
+def load_dataset(name: str, seed: int | None = 0) -> Dataset:
+    """One of ``DATASETS`` by name, with its loader's defaults.
+
+    Parameters
+    ----------
+    name : {"digits", "mnist1d", "spirals", "regression"}
+        The dataset.
+    seed : int or None, default 0
+        Seeds the split (MNIST-1D keeps its reference split).
+
+    Returns
+    -------
+    Dataset
+        The dataset.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name == "mnist1d":
@@ -176,16 +348,27 @@ class BatchStream:
     takes them (any size; the last may be short). A one-shot iterator (a generator object)
     serves a single epoch, so ``fit`` refuses more.
 
-    ``n_batches``: how many batches an epoch yields, when known; a per-step schedule needs it.
-
     The stream decides the batches and their order: ``fit``'s ``batch_size`` and ``shuffle``
     do not apply, nor does ``sample_weight`` (weights come in the batches). Each batch is
     checked as it arrives; a bad one raises ValueError naming the epoch and the batch, and
     the model keeps the steps made before it. Label values need ``MLP(classes=...)`` and
     standardisation a given ``input_scaling``: a stream cannot be read ahead to learn them.
+
+    Parameters
+    ----------
+    batches : callable or iterable
+        A function returning an epoch's batches, or an iterable of batches.
+    n_batches : int or None, default None
+        How many batches an epoch yields, when known; a per-step schedule needs it.
+
+    Raises
+    ------
+    TypeError
+        When ``batches`` is neither a function nor an iterable (a string is not one).
     """
 
-    def __init__(self, batches, n_batches=None):
+    def __init__(self, batches: Callable[..., Iterable[tuple]] | Iterable[tuple],
+                 n_batches: int | None = None) -> None:
         if isinstance(batches, (str, bytes)) or not (callable(batches) or hasattr(batches, "__iter__")):
             raise TypeError(f"BatchStream takes a function returning an epoch's batches or an iterable of "
                             f"batches, got {type(batches).__name__}")
@@ -197,8 +380,26 @@ class BatchStream:
         self._takes_epoch = callable(batches) and _takes_an_argument(batches)
         self._served = False
 
-    def epoch(self, index: int):
-        """An iterator over the batches of epoch ``index`` (0-based)."""
+    def epoch(self, index: int) -> Iterator[tuple]:
+        """An iterator over the batches of epoch ``index``.
+
+        Parameters
+        ----------
+        index : int
+            The epoch, 0-based (passed to a function that takes an argument).
+
+        Returns
+        -------
+        iterator
+            The epoch's ``(X_batch, y_batch[, w_batch])`` tuples.
+
+        Raises
+        ------
+        TypeError
+            When the function returns something that is not an iterable.
+        ValueError
+            When a one-shot iterator was used up by an earlier epoch.
+        """
         if callable(self.batches):
             made = self.batches(index) if self._takes_epoch else self.batches()
             if made is None or not hasattr(made, "__iter__"):
@@ -224,9 +425,19 @@ def _takes_an_argument(fn) -> bool:
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
-def as_batch_stream(X):
-    """X as a ``BatchStream`` when it is one, a function or an iterator (not an array-like
-    container: a list stays X); else None."""
+def as_batch_stream(X: object) -> BatchStream | None:
+    """``fit``'s X as a ``BatchStream`` when it is one, a function or an iterator.
+
+    Parameters
+    ----------
+    X : object
+        What ``fit`` was given as X.
+
+    Returns
+    -------
+    BatchStream or None
+        The stream; None for data (arrays, lists, DataFrames): a list stays X.
+    """
     if isinstance(X, BatchStream):
         return X
     if isinstance(X, np.ndarray) or hasattr(X, "__array__") or hasattr(X, "columns"):

@@ -19,15 +19,20 @@ inference at once, and ``fit`` trains it while they do (``gpunet.concurrency``).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
-from . import io
+from . import checkpoint, io
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation, get_activation
-from .backend import resolve_backend, to_numpy, use_backend
+from .backend import NumpyBackend, resolve_backend, to_numpy, use_backend
 from .concurrency import ExclusiveClaim, ParameterGuard
 from .init import INITIALIZERS, initialize_weight
 from .losses import get_loss, row_scale_from_weights
@@ -44,6 +49,28 @@ __all__ = ["MLP"]
 
 _INFERENCE_CHUNK = 8192   # rows per forward pass of inference: bounds the workspace memory
 _WORKSPACES_KEPT = 4      # batch shapes whose inference buffers a thread keeps allocated
+_SUMMARY_NAMES_SHOWN = 5  # classes or feature names summary() lists before "..."
+
+
+def _bytes_text(n: int) -> str:
+    """``"76,840 bytes (75.0 KiB)"``: exact, then in KiB, MiB, ... once it is that large."""
+    size, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n:,} bytes" + ("" if unit == "bytes" else f" ({size:.1f} {unit})")
+
+
+def _first_few(values) -> str:
+    shown = ", ".join(str(v) for v in values[:_SUMMARY_NAMES_SHOWN])
+    return shown + (", ..." if len(values) > _SUMMARY_NAMES_SHOWN else "")
+
+
+def _activation_text(act) -> str:
+    """The activation's name, with its parameters when it has any: ``sigmoid(c=2.0, beta=0.5)``."""
+    params = ", ".join(f"{k}={v!r}" for k, v in act.config().items() if k != "name")
+    return f"{act.name}({params})" if params else act.name
 
 
 class MLP:
@@ -51,37 +78,63 @@ class MLP:
 
     Parameters
     ----------
-    sizes : layer widths ``[n_0, n_1, ..., n_L]``, input first (at least two).
-    activation : hidden activation, a name (``"sigmoid"``, ``"tanh"``, ``"relu"``,
+    sizes : sequence of int
+        Layer widths ``[n_0, n_1, ..., n_L]``, input first (at least two).
+    activation : str, Activation or sequence of them, default "relu"
+        The hidden activation: a name (``"sigmoid"``, ``"tanh"``, ``"relu"``,
         ``"leaky_relu"``, ``"identity"``), an ``Activation`` such as ``Sigmoid(c=2, beta=0.5)``
         or ``LeakyReLU(0.1)``, or a list with one per hidden layer.
-    output : ``"softmax"``, ``"sigmoid"``, ``"tanh"``, ``"identity"`` or ``"exp"`` (or an ``Activation``).
-    loss : ``"cross_entropy"`` (needs a softmax output; a classifier with one class per example),
+    output : str or Activation, default "softmax"
+        ``"softmax"``, ``"sigmoid"``, ``"tanh"``, ``"identity"`` or ``"exp"`` (or an ``Activation``).
+    loss : str, default "cross_entropy"
+        ``"cross_entropy"`` (needs a softmax output; a classifier with one class per example),
         ``"binary_cross_entropy"`` (needs a sigmoid output; K independent yes/no labels: binary or
         multilabel classification), ``"poisson"`` (needs an ``"exp"`` output; counts or rates)
         or ``"mse"`` (a regressor with any output).
-    init : ``"glorot_uniform"``, ``"glorot_normal"``, ``"he_uniform"`` or ``"he_normal"``.
-    weight_decay : lambda of the L2 regulariser (lambda/2) sum ||W_l||^2; biases are not decayed.
-    dtype : ``"float32"`` or ``"float64"``.
-    seed : an int makes initialisation and ``fit``'s shuffling reproducible bit for bit.
-    backend : None (the active backend, see ``gpunet.use_backend``), a backend name or object.
+    init : str, default "glorot_uniform"
+        ``"glorot_uniform"``, ``"glorot_normal"``, ``"he_uniform"`` or ``"he_normal"``.
+    weight_decay : float, default 0.0
+        lambda of the L2 regulariser (lambda/2) sum ||W_l||^2; biases are not decayed.
+    dtype : {"float32", "float64"}, default "float32"
+        The parameters' and the arithmetic's precision.
+    seed : int or None, default None
+        An int makes initialisation and ``fit``'s shuffling reproducible bit for bit.
+    backend : str, NumpyBackend or None, default None
+        None (the active backend, see ``gpunet.use_backend``), a backend name or object.
         The model keeps it: its arrays live there whatever is selected later.
-    classes : the label values of a ``cross_entropy`` classifier's outputs, in output order
+    classes : array-like or None, default None
+        The label values of a ``cross_entropy`` classifier's outputs, in output order
         (numbers or strings). Without it, labels are the output indices 0..n_L-1, unless the
         first ``fit`` sees strings (or booleans): then the sorted distinct values. ``predict``
         returns label values; ``fit`` and ``score`` take them.
-    feature_names : the input columns' names, learned from the first ``fit`` on a pandas
-        DataFrame with string column names; a DataFrame given later must have those columns
-        (they are taken in this order).
-    metadata : a JSON-able dict kept with the model and saved in its file (the command line
-        notes its target column and data file there).
-    standardize : True makes the first ``fit`` learn each feature's mean and standard
-        deviation (``input_scaling``) and every input from then on (fit, predict, score,
-        forward, validation data) standardised with them, so the model, and its file, take
-        raw data. A later ``fit`` keeps the scaling it has.
-    input_scaling : a ``gpunet.scaling.InputScaling`` (or its ``config()`` dict) to apply
-        from the start (implies ``standardize``).
+    feature_names : sequence of str or None, default None
+        The input columns' names, learned from the first ``fit`` on a pandas DataFrame with
+        string column names; a DataFrame given later must have those columns (they are taken
+        in this order).
+    metadata : dict or None, default None
+        JSON-able, kept with the model and saved in its file (the command line notes its
+        target column and data file there).
+    standardize : bool, default False
+        True makes the first ``fit`` learn each feature's mean and standard deviation
+        (``input_scaling``) and every input from then on (fit, predict, score, forward,
+        validation data) standardised with them, so the model, and its file, take raw data.
+        A later ``fit`` keeps the scaling it has.
+    input_scaling : InputScaling, dict or None, default None
+        A ``gpunet.scaling.InputScaling`` (or its ``config()`` dict) to apply from the start
+        (implies ``standardize``).
 
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong kind: ``sizes`` not a list of widths, ``init`` not a
+        name, ``metadata`` not a JSON-able dict, ``classes`` for a loss without classes.
+    ValueError
+        For a value out of range: fewer than two widths or one below 1, an unknown
+        activation, loss, initialiser or dtype, a loss whose output this is not, classes,
+        feature names or an input scaling that do not match the widths.
+
+    Notes
+    -----
     Threads: ``forward``, ``predict``, ``predict_proba``, ``score``, ``loss`` and
     ``loss_and_grad`` may be called on one model from any number of threads at once and give
     exactly the single-threaded results (each thread computes in buffers of its own). ``fit``
@@ -97,9 +150,12 @@ class MLP:
     custom training loop be (``docs/architecture.md``).
     """
 
-    def __init__(self, sizes, activation="relu", output="softmax", loss="cross_entropy",
-                 init="glorot_uniform", weight_decay=0.0, dtype="float32", seed=None, backend=None,
-                 classes=None, feature_names=None, metadata=None, standardize=False, input_scaling=None):
+    def __init__(self, sizes: Sequence[int], activation: str | Activation | Sequence[str | Activation] = "relu",
+                 output: str | Activation = "softmax", loss: str = "cross_entropy", init: str = "glorot_uniform",
+                 weight_decay: float = 0.0, dtype: DTypeLike = "float32", seed: int | None = None,
+                 backend: str | NumpyBackend | None = None, classes: ArrayLike | None = None,
+                 feature_names: Sequence[str] | None = None, metadata: dict | None = None, standardize: bool = False,
+                 input_scaling: InputScaling | dict | None = None) -> None:
         sizes = self._check_sizes(sizes)
         n_hidden = len(sizes) - 2
         hidden = self._check_hidden(activation, n_hidden)
@@ -211,9 +267,21 @@ class MLP:
         self.set_flat_params(state["params"])
         self._shuffle_rng.bit_generator.state = state["shuffle_rng"]
 
-    def copy(self, dtype=None) -> "MLP":
-        """A new model with this architecture and a copy of the parameters (converted to
-        ``dtype`` when given), on the same backend; its shuffling starts from the seed."""
+    def copy(self, dtype: DTypeLike | None = None) -> MLP:
+        """A new model with this architecture and a copy of the parameters, on the same backend.
+
+        Its shuffling starts from the seed.
+
+        Parameters
+        ----------
+        dtype : {"float32", "float64"} or None, default None
+            The copy's dtype (the parameters converted to it); None keeps this model's.
+
+        Returns
+        -------
+        MLP
+            The copy.
+        """
         config = self.config()
         if dtype is not None:
             config["dtype"] = check_float_dtype(dtype).name
@@ -224,12 +292,13 @@ class MLP:
 
     # ---- public properties ------------------------------------------------------------
     @property
-    def params(self):
+    def params(self) -> list[Any]:
         """``[W_1, b_1, ..., W_L, b_L]``: views into the flat buffer (writes go to the model)."""
         return self.layout.interleaved(self.flat_params)
 
     @property
     def n_params(self) -> int:
+        """Number of parameters: every weight and bias."""
         return self.layout.n_params
 
     @property
@@ -239,10 +308,12 @@ class MLP:
 
     @property
     def n_layers(self) -> int:
+        """Number of weight layers, ``len(sizes) - 1``."""
         return len(self.sizes) - 1
 
     @property
     def is_classifier(self) -> bool:
+        """Whether the loss is a classifier's (cross-entropy or binary cross-entropy)."""
         return self.loss_fn.is_classifier
 
     @property
@@ -251,7 +322,13 @@ class MLP:
         return [*self.hidden_activations, self.output_activation]
 
     def config(self) -> dict:
-        """Everything needed to rebuild this architecture (JSON-able)."""
+        """Everything needed to rebuild this architecture: ``MLP(**net.config())``.
+
+        Returns
+        -------
+        dict
+            The constructor's arguments but ``backend``, JSON-able.
+        """
         return {
             "sizes": list(self.sizes),
             "activation": [a.config() for a in self.hidden_activations],
@@ -273,24 +350,129 @@ class MLP:
         return (f"MLP({self.sizes}, activation={hidden}, output={self.output_activation.name}, "
                 f"loss={self.loss_fn.name}, dtype={self.dtype.name}, backend={self.backend.name})")
 
+    def summary(self, batch_size: int | None = None) -> str:
+        """A table of the layers and the model's totals, for ``print(net.summary())``.
+
+        One row per layer (its widths, activation, weight and bias shapes, parameters); then
+        the parameters' count and bytes, the dtype, backend and loss, and the classes, feature
+        names and input scaling where the model has them.
+
+        Parameters
+        ----------
+        batch_size : int or None, default None
+            Adds the memory of a batch of that many rows: the activations ``A_1 .. A_L`` of a
+            forward pass, and the buffers of a training step (activations, as many deltas, and
+            the gradients); an optimizer's state comes on top.
+
+        Returns
+        -------
+        str
+            The lines of the summary, without a final newline.
+
+        Raises
+        ------
+        TypeError, ValueError
+            When ``batch_size`` is not a positive integer.
+        """
+        if batch_size is not None:
+            batch_size = check_int("batch_size", batch_size, low=1)
+        itemsize = self.dtype.itemsize
+        header = ("layer", "in -> out", "activation", "weights", "biases", "parameters")
+        rows = [(str(l), f"{n_in} -> {n_out}", _activation_text(act), str((n_in, n_out)), str((n_out,)),
+                 f"{n_in * n_out + n_out:,}")
+                for l, (n_in, n_out, act) in enumerate(zip(self.sizes[:-1], self.sizes[1:], self.activations), 1)]
+        widths = [max(len(row[j]) for row in (header, *rows)) for j in range(len(header))]
+        numeric = (0, 5)      # the layer number and the parameter count line up on the right
+
+        def table_line(cells):
+            return "  ".join(cell.rjust(width) if j in numeric else cell.ljust(width)
+                             for j, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+        lines = [f"MLP {' -> '.join(map(str, self.sizes))}", table_line(header), *map(table_line, rows),
+                 f"parameters: {self.n_params:,}, taking {_bytes_text(self.n_params * itemsize)}",
+                 f"dtype: {self.dtype.name}, backend: {self.backend.name}, loss: {self.loss_fn.name}"]
+        if self.classes is not None:
+            lines.append(f"classes: {len(self.classes)} ({_first_few(self.classes.tolist())})")
+        if self.feature_names is not None:
+            lines.append(f"feature names: {len(self.feature_names)} ({_first_few(self.feature_names)})")
+        if self.input_scaling is not None:
+            lines.append(f"input scaling: each of the {self.sizes[0]} features standardised with its learned "
+                         "mean and scale")
+        elif self.standardize:
+            lines.append("input scaling: learned by the first fit (standardize=True)")
+        if batch_size is not None:
+            # the buffers of a Workspace: A_l and delta_l of (batch_size, n_l) each, and the flat gradients
+            activations = batch_size * sum(self.sizes[1:]) * itemsize
+            step = 2 * activations + self.n_params * itemsize
+            lines.append(f"batch of {batch_size:,}: forward pass activations take {_bytes_text(activations)}, "
+                         f"a training step's buffers {_bytes_text(step)}")
+        return "\n".join(lines)
+
     # ---- the training interface: validated backend arrays, no host reads ------------------
-    def validate_features(self, X, name="X", feature_names=None, input_scaling=None, convert=True) -> np.ndarray:
-        """X checked as this network's input (N, n_0): real, finite, in range for the dtype;
-        a DataFrame's columns are taken by name when the model has ``feature_names`` (or
-        ``feature_names`` is given), and standardised with the model's ``input_scaling`` (or
-        the one given). Returns the host array, C-ordered in the model's dtype; with
-        ``convert=False`` a NumPy array (a memory map) is checked in row chunks and returned
-        as it is, for ``batch_features`` to convert a batch at a time."""
+    def validate_features(self, X: ArrayLike, name: str = "X", feature_names: Sequence[str] | None = None,
+                          input_scaling: InputScaling | None = None, convert: bool = True) -> np.ndarray:
+        """X checked as this network's input: real, finite, in range for the dtype.
+
+        A DataFrame's columns are taken by name when the model has ``feature_names`` (or
+        ``feature_names`` is given), and the features standardised with the model's
+        ``input_scaling`` (or the one given).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            An array, a memory map, a list or a DataFrame.
+        name : str, default "X"
+            What error messages call it.
+        feature_names : sequence of str or None, default None
+            Column names to take a DataFrame's columns by; None: the model's.
+        input_scaling : InputScaling or None, default None
+            The standardisation to apply; None: the model's.
+        convert : bool, default True
+            False checks a NumPy array (a memory map) in row chunks and returns it as it is,
+            for ``batch_features`` to convert a batch at a time.
+
+        Returns
+        -------
+        numpy.ndarray of shape (N, n_0)
+            The host array, C-ordered in the model's dtype (X itself with ``convert=False``).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the problem: a wrong shape, a non-numeric or non-finite value, a value out
+            of the dtype's range, a missing or extra DataFrame column.
+        """
         names = self.feature_names if feature_names is None else feature_names
         if names is not None and frame_feature_names(X) is not None:
             X = select_frame_features(X, names, name=name)
         scaling = self.input_scaling if input_scaling is None else input_scaling
         return check_features(X, self.sizes[0], name=name, dtype=self.dtype, scaling=scaling, convert=convert)
 
-    def batch_features(self, rows, out, input_scaling=None, name="X"):
-        """Rows of features checked by ``validate_features(convert=False)`` written into
-        ``out`` (R, n_0) of the model's dtype, standardised with the model's input scaling
-        (or the one given). Returns ``out``."""
+    def batch_features(self, rows: np.ndarray, out: np.ndarray, input_scaling: InputScaling | None = None,
+                       name: str = "X") -> np.ndarray:
+        """Rows checked by ``validate_features(convert=False)``, converted into ``out``.
+
+        Parameters
+        ----------
+        rows : numpy.ndarray of shape (R, n_0)
+            Checked rows of features (a batch of a memory map's).
+        out : numpy.ndarray of shape (R, n_0)
+            Where they go, of the model's dtype.
+        input_scaling : InputScaling or None, default None
+            The standardisation to apply; None: the model's.
+        name : str, default "X"
+            What error messages call the data.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out``, standardised when there is a scaling.
+
+        Raises
+        ------
+        ValueError
+            When a standardised value is beyond the dtype's range.
+        """
         scaling = self.input_scaling if input_scaling is None else input_scaling
         if scaling is None:
             np.copyto(out, rows, casting="unsafe")     # finite and in range: checked before
@@ -301,19 +483,57 @@ class MLP:
                              "with the model's input scaling")
         return out
 
-    def validate_targets(self, y, n_examples, name="y", classes=None) -> np.ndarray:
-        """y checked as the loss's targets for ``n_examples`` examples (host): int64 labels (N,)
-        or float64 one-hot rows (N, K) under cross-entropy, float64 (N, K) otherwise. Label
-        values are encoded as output indices through ``classes`` (the model's by default)."""
+    def validate_targets(self, y: ArrayLike, n_examples: int, name: str = "y",
+                         classes: np.ndarray | None = None) -> np.ndarray:
+        """y checked as the loss's targets for ``n_examples`` examples, on the host.
+
+        Parameters
+        ----------
+        y : array-like
+            Labels or targets, as ``fit`` takes them.
+        n_examples : int
+            The number of examples (rows of X) they are for.
+        name : str, default "y"
+            What error messages call them.
+        classes : numpy.ndarray or None, default None
+            Label values to encode as output indices; None: the model's.
+
+        Returns
+        -------
+        numpy.ndarray
+            Int64 labels (N,) or float64 one-hot rows (N, K) under cross-entropy, float64
+            (N, K) otherwise.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the problem: a wrong length or shape, an unknown label, a value the loss
+            does not take.
+        """
         classes = self.classes if classes is None else classes
         if classes is not None:
             y = encode_labels(y, classes, name=name)
         return self.loss_fn.validate_targets(y, n_examples, self.sizes[-1], name=name, dtype=self.dtype)
 
-    def learnable(self, X, y) -> Learned:
-        """What a ``fit`` on (X, y) gives the model: what it has, or what these data tell
-        (string labels; a DataFrame's string column names; with ``standardize``, the
-        features' scaling); checked, and not yet set (``fit`` sets them once it trains)."""
+    def learnable(self, X: ArrayLike, y: ArrayLike) -> Learned:
+        """What a ``fit`` on (X, y) gives the model besides parameters, checked but not yet set.
+
+        What the model has, or what these data tell: string labels, a DataFrame's string
+        column names, with ``standardize`` the features' scaling. ``fit`` sets them once it
+        trains.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Training features.
+        y : array-like
+            Training labels or targets.
+
+        Returns
+        -------
+        Learned
+            ``(classes, feature_names, input_scaling)``, each None where there is none.
+        """
         classes = self.classes
         if classes is None and self.loss_fn.label_rule == "argmax":
             classes = infer_classes(y, self.sizes[-1])
@@ -329,17 +549,55 @@ class MLP:
             scaling = InputScaling.learn(check_features(X, self.sizes[0]))   # raw, checked finite
         return Learned(classes, names, scaling)
 
-    def features(self, X, name="X"):
-        """X validated and moved to the backend in the model's dtype (N, n_0)."""
+    def features(self, X: ArrayLike, name: str = "X") -> Any:
+        """X validated (``validate_features``) and moved to the backend in the model's dtype.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Features.
+        name : str, default "X"
+            What error messages call them.
+
+        Returns
+        -------
+        ndarray of shape (N, n_0)
+            A backend array (NumPy or CuPy).
+        """
         return self.backend.asarray(self.validate_features(X, name), dtype=self.dtype)
 
-    def targets(self, y, n_examples, name="y"):
-        """y validated and moved to the backend: int64 labels stay integers, the rest take
-        the model's dtype."""
+    def targets(self, y: ArrayLike, n_examples: int, name: str = "y") -> Any:
+        """y validated (``validate_targets``) and moved to the backend.
+
+        Parameters
+        ----------
+        y : array-like
+            Labels or targets.
+        n_examples : int
+            The number of examples they are for.
+        name : str, default "y"
+            What error messages call them.
+
+        Returns
+        -------
+        ndarray
+            A backend array: int64 labels stay integers, the rest take the model's dtype.
+        """
         return self.device_targets(self.validate_targets(y, n_examples, name))
 
-    def device_targets(self, host_targets):
-        """Validated host targets (``validate_targets``) on the backend."""
+    def device_targets(self, host_targets: np.ndarray) -> Any:
+        """Validated host targets (``validate_targets``) on the backend.
+
+        Parameters
+        ----------
+        host_targets : numpy.ndarray
+            What ``validate_targets`` returned.
+
+        Returns
+        -------
+        ndarray
+            A backend array: int64 labels stay integers, the rest take the model's dtype.
+        """
         if host_targets.dtype.kind == "i":
             return self.backend.asarray(host_targets)
         return self.backend.asarray(host_targets, dtype=self.dtype)
@@ -349,32 +607,74 @@ class MLP:
         """The generator ``fit`` draws its shuffles from (seeded by ``seed``)."""
         return self._shuffle_rng
 
-    def workspace(self, rows, gradients=True) -> Workspace:
-        """New buffers for passes over batches of exactly ``rows`` examples, owned by the
-        caller (with a flat gradient buffer when ``gradients``)."""
+    def workspace(self, rows: int, gradients: bool = True) -> Workspace:
+        """New buffers for passes over batches of exactly ``rows`` examples, owned by the caller.
+
+        Parameters
+        ----------
+        rows : int
+            Examples per batch.
+        gradients : bool, default True
+            Include a flat gradient buffer (for training).
+
+        Returns
+        -------
+        Workspace
+            Activations, deltas and (with ``gradients``) gradients.
+        """
         return Workspace(self.backend, rows, self.sizes, self.dtype, self.layout, gradients=gradients)
 
-    def training(self):
-        """``with net.training():`` claims the model for one training run (``fit``); a second
-        claim, from any thread, raises RuntimeError while the first lasts."""
+    def training(self) -> AbstractContextManager[None]:
+        """``with net.training():`` claims the model for one training run (``fit``).
+
+        Returns
+        -------
+        context manager
+            Holds the claim inside its ``with`` block; a second claim, from any thread,
+            raises RuntimeError while the first lasts.
+        """
         return self._fit_claim.claim()
 
-    def reading_parameters(self):
-        """``with net.reading_parameters():`` queue work that reads the parameters: no
-        update lands in the middle of it (see ``gpunet.concurrency``)."""
+    def reading_parameters(self) -> AbstractContextManager[None]:
+        """``with net.reading_parameters():`` queue work that reads the parameters.
+
+        Returns
+        -------
+        context manager
+            No update lands in the middle of the work queued inside its ``with`` block (see
+            ``gpunet.concurrency``).
+        """
         return self._guard.reading()
 
-    def writing_parameters(self):
-        """``with net.writing_parameters():`` change the parameters in place (an optimizer
-        step): readers wait, and see the parameters before or after, never between."""
+    def writing_parameters(self) -> AbstractContextManager[None]:
+        """``with net.writing_parameters():`` change the parameters in place (an optimizer step).
+
+        Returns
+        -------
+        context manager
+            Readers wait while it is held, and see the parameters before or after, never between.
+        """
         return self._guard.writing()
 
-    def forward_into(self, x, ws, leave_output_to_loss=False):
-        """Fill ``ws.acts`` with A_1..A_L for the backend array x (N, n_0); returns
-        ``ws.output``, which holds what the loss takes: the logits when the softmax is folded
-        into the cross-entropy, else the activated output. With ``leave_output_to_loss`` the
-        output layer stops at ``A_{L-1} W_L``: its bias (and activation) are applied by the
-        loss, in its kernel (``loss_and_grad_into``)."""
+    def forward_into(self, x: Any, ws: Workspace, leave_output_to_loss: bool = False) -> Any:
+        """Fill ``ws.acts`` with A_1..A_L for the backend array x.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, n_0)
+            Validated features on the backend (``features``).
+        ws : Workspace
+            Buffers for N rows.
+        leave_output_to_loss : bool, default False
+            Stop the output layer at ``A_{L-1} W_L``: its bias (and activation) are applied
+            by the loss, in its kernel (``loss_and_grad_into``).
+
+        Returns
+        -------
+        ndarray of shape (N, n_L)
+            ``ws.output``, holding what the loss takes: the logits when the softmax is folded
+            into the cross-entropy, else the activated output.
+        """
         be = self.backend
         a = x
         last = self.n_layers - 1
@@ -389,12 +689,24 @@ class MLP:
             a = z
         return a
 
-    def backward_into(self, x, ws):
-        """Fill ``ws.flat_grads`` from delta_L (``ws.deltas[-1]``) back to the input; x is A_0.
+    def backward_into(self, x: Any, ws: Workspace) -> Any:
+        """Fill ``ws.flat_grads`` from delta_L (``ws.deltas[-1]``) back to the input.
 
         Layer l's gradients are ``dW_l = A_{l-1}^T delta_l`` and ``db_l`` = the column sums of
         delta_l; ``delta_{l-1} = (delta_l W_l^T) * f'(A_{l-1})`` is computed together with its
         column sums, the bias gradient of layer l - 1 (one pass over it, one launch on a GPU).
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, n_0)
+            A_0, the features of the forward pass.
+        ws : Workspace
+            The forward pass's buffers, with delta_L filled in and gradient buffers.
+
+        Returns
+        -------
+        ndarray of shape (n_params,)
+            ``ws.flat_grads``.
         """
         be = self.backend
         last = self.n_layers - 1
@@ -409,17 +721,33 @@ class MLP:
                                 bias_grad=ws.bias_grads[l - 1])
         return ws.flat_grads
 
-    def loss_and_grad_into(self, x, targets, ws, row_scale=None, include_decay=True, hits=None):
-        """One batched forward and backward pass: returns the mean loss as a 0-d backend
-        array (no host sync) and leaves its gradient in ``ws.flat_grads``.
+    def loss_and_grad_into(self, x: Any, targets: Any, ws: Workspace, row_scale: Any = None,
+                           include_decay: bool = True, hits: Any = None) -> Any:
+        """One batched forward and backward pass, the gradient left in ``ws.flat_grads``.
 
-        x (N, n_0) of the model dtype; targets: int labels (N,), one-hot (N, K) or
-        regression targets (N, K) of the model dtype; row_scale (N,) of the model dtype or
-        None: per-example factors of the loss (``row_scale_from_weights``). With
-        ``include_decay`` the L2 term is in the loss and the gradient (``fit`` leaves it to
-        the optimizer instead). A classifier's ``hits`` (N, k) uint8 receives which of its
-        predictions were right (``fit``'s running accuracy). ``ws.output`` ends holding what
-        the loss took (the logits, bias included, where the loss folds the output in).
+        ``ws.output`` ends holding what the loss took (the logits, bias included, where the
+        loss folds the output in).
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, n_0)
+            Features of the model's dtype, on the backend.
+        targets : ndarray
+            Int labels (N,), one-hot rows (N, K) or regression targets (N, K) of the model's
+            dtype, on the backend (``targets``).
+        ws : Workspace
+            Buffers for N rows, with gradients.
+        row_scale : ndarray of shape (N,) or None, default None
+            Per-example factors of the loss, of the model's dtype (``row_scale_from_weights``).
+        include_decay : bool, default True
+            Put the L2 term in the loss and the gradient (``fit`` leaves it to the optimizer).
+        hits : ndarray of shape (N, k) or None, default None
+            A classifier's uint8 buffer that receives which predictions were right.
+
+        Returns
+        -------
+        ndarray
+            The mean loss, a 0-d backend array (no host sync).
         """
         out = self.forward_into(x, ws, leave_output_to_loss=True)
         loss = self.loss_fn.loss_and_delta(self.backend, out, targets, self.output_activation, ws.deltas[-1],
@@ -446,10 +774,22 @@ class MLP:
             cache.move_to_end(key)
         return ws
 
-    def evaluate_outputs(self, x, logits=False):
-        """Outputs (N, n_L) for a validated backend array x, computed in chunks in this
-        thread's buffers: the activated output (probabilities, means), or with ``logits``
-        what the loss takes (the logits, where it folds the output activation in)."""
+    def evaluate_outputs(self, x: Any, logits: bool = False) -> Any:
+        """Outputs for a validated backend array x, computed in chunks in this thread's buffers.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, n_0)
+            Validated features on the backend.
+        logits : bool, default False
+            Return what the loss takes (the logits, where it folds the output activation in)
+            instead of the activated output.
+
+        Returns
+        -------
+        ndarray of shape (N, n_L)
+            A new backend array: the activated outputs (probabilities, means), or the logits.
+        """
         be = self.backend
         n = x.shape[0]
         result = be.empty((n, self.sizes[-1]), self.dtype)
@@ -464,10 +804,23 @@ class MLP:
                 result[start:start + chunk.shape[0]] = out
         return result
 
-    def evaluate_loss(self, x, targets, include_decay=True):
-        """Mean loss over backend arrays (x, targets) as a 0-d backend array (no host sync),
-        in chunks in this thread's buffers; the L2 term included unless ``include_decay`` is
-        False."""
+    def evaluate_loss(self, x: Any, targets: Any, include_decay: bool = True) -> Any:
+        """Mean loss over backend arrays (x, targets), in chunks in this thread's buffers.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, n_0)
+            Validated features on the backend.
+        targets : ndarray
+            Validated targets on the backend (``targets``).
+        include_decay : bool, default True
+            Include the L2 term.
+
+        Returns
+        -------
+        ndarray
+            The mean loss, a 0-d backend array (no host sync).
+        """
         be = self.backend
         n = x.shape[0]
         total = be.xp.zeros((), dtype=self.dtype)
@@ -484,25 +837,62 @@ class MLP:
         return loss
 
     # ---- public API ----------------------------------------------------------------------
-    def forward(self, X):
-        """Network output after the output activation: X (N, n_0) -> (N, n_L), a backend array.
+    def forward(self, X: ArrayLike) -> Any:
+        """Network output after the output activation, on the backend.
+
         Rows whose arithmetic overflowed come back non-finite (inf or NaN), as computed, with no
         check (which would read back from a GPU); ``predict``, ``predict_proba`` and ``score``
-        raise a ValueError naming such rows instead."""
+        raise a ValueError naming such rows instead.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Features.
+
+        Returns
+        -------
+        ndarray of shape (N, n_L)
+            A backend array (NumPy or CuPy).
+        """
         return self.evaluate_outputs(self.features(X))
 
-    def loss(self, X, y) -> float:
-        """Mean loss on (X, y) including the L2 term (not defined for overflowing inputs: inf or NaN)."""
+    def loss(self, X: ArrayLike, y: ArrayLike) -> float:
+        """Mean loss on (X, y), the L2 term included.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Features.
+        y : array-like
+            Labels or targets, as ``fit`` takes them.
+
+        Returns
+        -------
+        float
+            The loss (inf or NaN for inputs whose arithmetic overflows: not defined there).
+        """
         x = self.features(X)
         targets = self.targets(y, x.shape[0])
         return float(self.evaluate_loss(x, targets, include_decay=True))
 
-    def loss_and_grad(self, X, y, sample_weight=None):
+    def loss_and_grad(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+                      ) -> tuple[float, list[Any]]:
         """Mean loss (plus the L2 term) and its gradient on the batch (X, y).
 
-        ``sample_weight`` (N,) makes the mean a weighted one, ``sum(w l) / sum(w)``.
-        Returns ``(loss: float, [dW_1, db_1, ..., dW_L, db_L])``, the gradients new arrays
-        of the backend with the shapes of ``params``.
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Features.
+        y : array-like
+            Labels or targets, as ``fit`` takes them.
+        sample_weight : array-like of shape (N,), optional
+            Makes the mean a weighted one, ``sum(w l) / sum(w)``.
+
+        Returns
+        -------
+        tuple of (float, list of ndarray)
+            ``(loss, [dW_1, db_1, ..., dW_L, db_L])``, the gradients new arrays of the
+            backend with the shapes of ``params``.
         """
         x = self.features(X)
         targets = self.targets(y, x.shape[0])
@@ -514,18 +904,52 @@ class MLP:
             grads = ws.flat_grads.copy()
         return float(loss), self.layout.interleaved(grads)
 
-    def predict_proba(self, X):
-        """Class probabilities (N, n_L) as a NumPy array; classifiers only (under binary
-        cross-entropy each column is one yes/no probability)."""
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """Class probabilities, for classifiers only.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Features.
+
+        Returns
+        -------
+        numpy.ndarray of shape (N, n_L)
+            Probabilities; under binary cross-entropy each column is one yes/no probability.
+
+        Raises
+        ------
+        TypeError
+            For a regressor.
+        ValueError
+            For rows whose outputs overflow the dtype (named), or X the model does not take.
+        """
         if not self.is_classifier:
             raise TypeError("predict_proba is for classifiers (loss='cross_entropy' or 'binary_cross_entropy'); "
                             "use predict()")
         x = self.features(X)
         return self._finite_rows(x, to_numpy(self.evaluate_outputs(x)))
 
-    def predict(self, X):
-        """NumPy arrays: class labels (N,) under cross-entropy; 0/1 indicators (N, n_L) under
-        binary cross-entropy ((N,) with one output); outputs (N, n_L) for regressors."""
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted labels (classifiers) or outputs (regressors), as a NumPy array.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Features (a DataFrame's columns are taken by name once the model has names).
+
+        Returns
+        -------
+        numpy.ndarray
+            Class labels (N,) under cross-entropy (the label values of ``classes``); 0/1
+            indicators (N, n_L) under binary cross-entropy ((N,) with one output); outputs
+            (N, n_L) for regressors.
+
+        Raises
+        ------
+        ValueError
+            For rows whose outputs overflow the dtype (named), or X the model does not take.
+        """
         return self._predict_validated(self.features(X))
 
     def _predict_validated(self, x, label_values=True):
@@ -550,8 +974,26 @@ class MLP:
                          f"their arithmetic overflows {self.dtype.name} (largest |value| in them {largest:.3g}). "
                          "Scale the features, or use dtype='float64'.")
 
-    def score(self, X, y) -> float:
-        """Accuracy for classifiers; R^2 (averaged over outputs) for regressors."""
+    def score(self, X: ArrayLike, y: ArrayLike) -> float:
+        """Accuracy for classifiers; R^2 (averaged over outputs) for regressors.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n_0)
+            Features.
+        y : array-like
+            True labels or targets, as ``fit`` takes them.
+
+        Returns
+        -------
+        float
+            The accuracy or R^2.
+
+        Raises
+        ------
+        ValueError
+            For rows whose outputs overflow the dtype (named), or data the model does not take.
+        """
         x = self.features(X)      # X is checked (and moved) once
         targets = self.validate_targets(y, x.shape[0])
         pred = self._predict_validated(x, label_values=False)
@@ -562,19 +1004,67 @@ class MLP:
 
     fit = fit     # gpunet.train.fit(net, X, y, ...) as a method: one signature, one docstring
 
-    def save(self, path):
-        """Write architecture and parameters to a ``.npz`` file (atomically, no pickle)."""
+    def save(self, path: str | os.PathLike) -> None:
+        """Write architecture and parameters to a ``.npz`` file (atomically, no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write.
+        """
         with self._guard.reading():
             params = to_numpy(self.flat_params).copy()
         io.save(path, self.config(), params)
 
     @classmethod
-    def load(cls, path, backend=None):
-        """Rebuild a model written by ``save``, on ``backend`` (None: the active one)."""
+    def load(cls, path: str | os.PathLike, backend: str | NumpyBackend | None = None) -> MLP:
+        """Rebuild a model written by ``save`` (or the model of a ``fit``'s checkpoint).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The model file.
+        backend : str, NumpyBackend or None, default None
+            Where the model's arrays live; None: the active backend.
+
+        Returns
+        -------
+        MLP
+            The model, with its parameters, classes, feature names and input scaling.
+
+        Raises
+        ------
+        ValueError
+            When the file is not a readable gpunet model (every field is checked).
+        """
+        if checkpoint.is_checkpoint(path):        # a fit's checkpoint: its model
+            config, params = checkpoint.load_model_parts(path)
+            try:
+                net = cls(**config, backend=backend)
+                net.set_flat_params(params)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path!s} is not a readable gpunet checkpoint: its model is not valid ({exc})") \
+                    from None
+            return net
         return io.load(path, lambda config: cls(**config, backend=backend))
 
-    def set_flat_params(self, values):
-        """Replace all parameters from a flat array of length ``n_params`` (checked)."""
+    def set_flat_params(self, values: ArrayLike) -> None:
+        """Replace all parameters from a flat array (checked), as one guarded write.
+
+        Parameters
+        ----------
+        values : array-like of shape (n_params,)
+            Finite floating-point values, laid out ``[W_1 .. W_L, b_1 .. b_L]``.
+
+        Raises
+        ------
+        ValueError
+            For another shape, or a NaN or infinite value.
+        TypeError
+            For values that are not floating point.
+        RuntimeError
+            While another thread trains the model.
+        """
         host = np.asarray(to_numpy(values))
         if host.shape != (self.n_params,):
             raise ValueError(f"expected {self.n_params} parameters, got shape {host.shape}")

@@ -15,10 +15,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .numpy_backend import NumpyBackend
 from .validation import check_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "SGDHyper", "AdamHyper", "RMSpropHyper",
@@ -139,8 +142,10 @@ class StepTable:
 
 
 class Optimizer:
-    """Base class. ``hyper`` is the frozen hyper-parameter value; ``lr`` reads and replaces its
-    learning rate (schedules and the scikit-learn estimators set it).
+    """Base class of the optimizers: each ``step`` updates the flat parameters in place.
+
+    ``hyper`` is the frozen hyper-parameter value; ``lr`` reads and replaces its learning
+    rate (schedules and the scikit-learn estimators set it).
 
     An optimizer that fit may run inside a CUDA graph (``supports_step_tables``) also gives
     ``table_rows(lrs, model_weight_decay)``, its per-step scalars for the next steps with
@@ -153,10 +158,11 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
+        """The learning rate; setting it makes a new ``hyper`` value (checked)."""
         return self.hyper.lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         self.hyper = dataclasses.replace(self.hyper, lr=value)
 
     def _update_hyper(self, lr, model_weight_decay):
@@ -168,21 +174,101 @@ class Optimizer:
             self._step_hyper = self.hyper.with_update(lr, model_weight_decay)
         return self._step_hyper
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget the state (moments, velocity, step count)."""
 
-    def discard_skipped_steps(self):
-        """Take the steps the backend skipped on the device (after a non-finite gradient)
-        back out of any step count; called by ``fit`` when it reports the divergence."""
+    def discard_skipped_steps(self) -> None:
+        """Take the steps the backend skipped on the device back out of any step count.
 
-    def table_rows(self, lrs, model_weight_decay=0.0) -> np.ndarray:
-        """(len(lrs), STEP_TABLE_WIDTH) float64: column 0 the learning rate of each step."""
+        Steps are skipped after a non-finite gradient; ``fit`` calls this when it reports
+        the divergence.
+        """
+
+    def table_rows(self, lrs: Sequence[float], model_weight_decay: float = 0.0) -> np.ndarray:
+        """The per-step scalars of the next ``len(lrs)`` steps, for a ``StepTable``.
+
+        Parameters
+        ----------
+        lrs : sequence of float
+            The learning rate of each step.
+        model_weight_decay : float, default 0.0
+            The model's L2 lambda, added to the coupled weight decay.
+
+        Returns
+        -------
+        numpy.ndarray of shape (len(lrs), STEP_TABLE_WIDTH)
+            Float64 rows; here column 0 is each step's learning rate.
+        """
         rows = np.zeros((len(lrs), STEP_TABLE_WIDTH))
         rows[:, 0] = [self._update_hyper(lr, model_weight_decay).lr for lr in lrs]
         return rows
 
-    def advance(self, steps: int):
-        """Account for ``steps`` updates run from a step table (nothing to count here)."""
+    def advance(self, steps: int) -> None:
+        """Account for ``steps`` updates run from a step table (nothing to count here).
+
+        Parameters
+        ----------
+        steps : int
+            Updates run.
+        """
+
+    # What a checkpoint keeps: the flat buffers (None until the first step makes them) and
+    # the integer counters that are this optimizer's state.
+    state_buffers: tuple = ()
+    state_counters: tuple = ()
+
+    def state(self, to_host: Callable[[Any], np.ndarray]) -> dict:
+        """The optimizer's state as host values, for a checkpoint.
+
+        Parameters
+        ----------
+        to_host : callable
+            Copies a backend array to a NumPy array (``gpunet.to_numpy``, say).
+
+        Returns
+        -------
+        dict
+            ``{"kind": class name, "counters": {name: int}, "buffers": {name: array or None}}``,
+            None for a buffer not made yet (before the first step).
+        """
+        buffers = {}
+        for name in self.state_buffers:
+            value = getattr(self, name)
+            buffers[name] = None if value is None else to_host(value)
+        return {"kind": type(self).__name__, "counters": {n: int(getattr(self, n)) for n in self.state_counters},
+                "buffers": buffers}
+
+    def load_state(self, state: dict, backend: NumpyBackend, params: Any) -> None:
+        """Take the ``state`` of an optimizer of the same kind; the hyper-parameters stay this one's.
+
+        Parameters
+        ----------
+        state : dict
+            What ``state`` returned.
+        backend : NumpyBackend
+            Where the buffers go.
+        params : ndarray of shape (P,)
+            The model's flat parameters on ``backend``, which the buffers must match.
+
+        Raises
+        ------
+        ValueError
+            When ``state`` is another kind of optimizer's, or a buffer's shape or dtype is not
+            the parameters'.
+        """
+        if state.get("kind") != type(self).__name__:
+            raise ValueError(f"the checkpoint's optimizer is {state.get('kind')}, this fit's is {type(self).__name__}")
+        for name in self.state_buffers:
+            value = state["buffers"].get(name)
+            if value is not None and (value.shape != params.shape or value.dtype != params.dtype):
+                raise ValueError(f"the checkpoint's optimizer buffer {name} has shape {value.shape} and dtype "
+                                 f"{value.dtype}; the model's parameters have {params.shape} and {params.dtype}")
+        self.reset()
+        for name in self.state_buffers:
+            value = state["buffers"].get(name)
+            setattr(self, name, None if value is None else backend.asarray(value, dtype=params.dtype))
+        for name in self.state_counters:
+            setattr(self, name, int(state["counters"][name]))
 
     def __repr__(self):
         fields = ", ".join(f"{f.name}={getattr(self.hyper, f.name)!r}" for f in dataclasses.fields(self.hyper))
@@ -190,40 +276,75 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent (seed 004: theta <- theta + alpha * Delta), with optional
-    momentum and Nesterov momentum (PyTorch's formulation)::
+    """Stochastic gradient descent, with optional momentum and Nesterov momentum.
+
+    Seed 004's theta <- theta + alpha * Delta, in PyTorch's formulation of momentum::
 
         g = clip_scale * grad + weight_decay * theta    (weights only)
         v = momentum * v + g
         theta -= lr * (g + momentum * v  if nesterov else  v)
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        Learning rate, > 0.
+    momentum : float, default 0.0
+        In [0, 1).
+    nesterov : bool, default False
+        Nesterov momentum (needs momentum > 0).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a value of the wrong type or out of its range.
     """
 
     name = "sgd"
     supports_step_tables = True
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False) -> None:
         self.hyper = SGDHyper(lr=_rate("lr", lr), momentum=momentum, nesterov=nesterov)
         self.velocity = None
 
     @property
     def momentum(self) -> float:
+        """The momentum factor."""
         return self.hyper.momentum
 
     @property
     def nesterov(self) -> bool:
+        """Whether the momentum is Nesterov's."""
         return self.hyper.nesterov
 
-    def reset(self):
+    state_buffers = ("velocity",)
+
+    def reset(self) -> None:
         self.velocity = None
 
-    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None,
-             step_table=None):
-        """Update ``params`` (flat, length P) in place from ``grads`` (flat, length P).
+    def step(self, backend: NumpyBackend, params: Any, grads: Any, *, weight_decay: float = 0.0, n_decay: int,
+             scale: Any = 1.0, skip: Any = False, lr: float | None = None, step_table: StepTable | None = None) -> None:
+        """Update ``params`` in place from ``grads``: one optimizer step.
 
-        ``weight_decay`` is the model's L2 lambda, ``n_decay`` the length of the weights
-        prefix, ``lr`` overrides the optimizer's rate for this step (schedules); ``scale``
-        (clipping) and ``skip`` as the backend's update ops take them; ``step_table`` (a
-        ``StepTable`` of ``table_rows``): the learning rate is read from its current row.
+        Parameters
+        ----------
+        backend : NumpyBackend
+            The backend the arrays live on.
+        params : ndarray of shape (P,)
+            The flat parameters, updated in place.
+        grads : ndarray of shape (P,)
+            Their gradient.
+        weight_decay : float, default 0.0
+            The model's L2 lambda (added to the update's coupled decay).
+        n_decay : int
+            Length of the weights prefix of ``params`` (the decayed part).
+        scale : float or 0-d ndarray, default 1.0
+            Factor of the gradient (clipping), as the backend's update ops take it.
+        skip : bool or 0-d ndarray, default False
+            Make the step a no-op (a device flag after a non-finite gradient).
+        lr : float or None, default None
+            This step's learning rate (a schedule's); None: the optimizer's.
+        step_table : StepTable or None, default None
+            Read the step's scalars from the table's current row instead (a CUDA graph).
         """
         if self.momentum:
             self.velocity = _fresh_or_kept(backend, self.velocity, params)
@@ -246,7 +367,9 @@ def _check_betas(betas):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015) as ``torch.optim.Adam``, bias-corrected with the step count::
+    """Adam (Kingma & Ba 2015) as ``torch.optim.Adam``, bias-corrected with the step count.
+
+    The update::
 
         g = clip_scale * grad + (model L2 + weight_decay) * theta      (weights only)
         m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
@@ -258,13 +381,32 @@ class Adam(Optimizer):
     ``exp_avg_sq`` (v) shaped like the flat parameters, and ``step_count`` t. Steps that the
     fit loop skips on the GPU (from a non-finite gradient to the TrainingDiverged error at
     the end of that epoch) are taken back out of t by ``discard_skipped_steps``.
+
+    Parameters
+    ----------
+    lr : float, default 0.001
+        Learning rate, > 0.
+    betas : tuple of (float, float), default (0.9, 0.999)
+        The moments' decay rates, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, > 0.
+    weight_decay : float, default 0.0
+        Coupled L2 lambda, >= 0.
+
+    Raises
+    ------
+    TypeError
+        When ``betas`` is not a pair (or a value has the wrong type).
+    ValueError
+        For a value out of its range.
     """
 
     name = "adam"
     supports_step_tables = True
     _decoupled = False
 
-    def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         beta1, beta2 = _check_betas(betas)
         weight_decay = _non_negative("weight_decay", weight_decay)
         self.hyper = AdamHyper(lr=_rate("lr", lr), beta1=beta1, beta2=beta2, eps=eps,
@@ -274,10 +416,12 @@ class Adam(Optimizer):
 
     @property
     def betas(self) -> tuple[float, float]:
+        """``(beta1, beta2)``, the moments' decay rates."""
         return (self.hyper.beta1, self.hyper.beta2)
 
     @property
     def eps(self) -> float:
+        """The denominator's epsilon."""
         return self.hyper.eps
 
     @property
@@ -285,7 +429,10 @@ class Adam(Optimizer):
         """The optimizer's own decay: decoupled for AdamW, coupled for Adam."""
         return self.hyper.decoupled_weight_decay if self._decoupled else self.hyper.weight_decay
 
-    def reset(self):
+    state_buffers = ("exp_avg", "exp_avg_sq")
+    state_counters = ("step_count",)
+
+    def reset(self) -> None:
         self.exp_avg = self.exp_avg_sq = None
         self.step_count = 0
         self._skipped = None     # device counter of skipped steps (GPU only)
@@ -294,11 +441,34 @@ class Adam(Optimizer):
         return (f"{type(self).__name__}(lr={self.lr:g}, betas={self.betas}, eps={self.eps:g}, "
                 f"weight_decay={self.weight_decay:g})")
 
-    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None,
-             step_table=None):
-        """Update ``params`` (flat, length P) in place from ``grads`` (flat, length P); the
-        arguments as for ``SGD.step``. With a ``step_table`` the step count is the table's
-        (``advance`` adds the steps run from it afterwards)."""
+    def step(self, backend: NumpyBackend, params: Any, grads: Any, *, weight_decay: float = 0.0, n_decay: int,
+             scale: Any = 1.0, skip: Any = False, lr: float | None = None, step_table: StepTable | None = None) -> None:
+        """Update ``params`` in place from ``grads``: one Adam step.
+
+        With a ``step_table`` the step count is the table's (``advance`` adds the steps run
+        from it afterwards).
+
+        Parameters
+        ----------
+        backend : NumpyBackend
+            The backend the arrays live on.
+        params : ndarray of shape (P,)
+            The flat parameters, updated in place.
+        grads : ndarray of shape (P,)
+            Their gradient.
+        weight_decay : float, default 0.0
+            The model's L2 lambda (added to the update's coupled decay).
+        n_decay : int
+            Length of the weights prefix of ``params`` (the decayed part).
+        scale : float or 0-d ndarray, default 1.0
+            Factor of the gradient (clipping).
+        skip : bool or 0-d ndarray, default False
+            Make the step a no-op (a device flag after a non-finite gradient).
+        lr : float or None, default None
+            This step's learning rate; None: the optimizer's.
+        step_table : StepTable or None, default None
+            Read the step's scalars from the table's current row instead.
+        """
         exp_avg = _fresh_or_kept(backend, self.exp_avg, params)
         if exp_avg is not self.exp_avg:          # new or changed parameters: start over
             self.exp_avg = exp_avg
@@ -319,69 +489,175 @@ class Adam(Optimizer):
                             step=max(self.step_count, 1), n_decay=n_decay, scale=scale, skip=skip, skipped=skipped,
                             step_table=step_table)
 
-    def table_rows(self, lrs, model_weight_decay=0.0) -> np.ndarray:
-        """Rows for the next len(lrs) steps, t = step_count + 1, ...: the step size, sqrt of
-        the second bias correction and the decay factor (``AdamHyper.step_scalars``)."""
+    def table_rows(self, lrs: Sequence[float], model_weight_decay: float = 0.0) -> np.ndarray:
+        """Rows for the next ``len(lrs)`` steps, t = step_count + 1, ...
+
+        Parameters
+        ----------
+        lrs : sequence of float
+            The learning rate of each step.
+        model_weight_decay : float, default 0.0
+            The model's L2 lambda, added to the coupled weight decay.
+
+        Returns
+        -------
+        numpy.ndarray of shape (len(lrs), STEP_TABLE_WIDTH)
+            Float64 rows: the step size, the square root of the second bias correction and
+            the decay factor (``AdamHyper.step_scalars``).
+        """
         rows = np.zeros((len(lrs), STEP_TABLE_WIDTH))
         for i, lr in enumerate(lrs):
             rows[i, :3] = self._update_hyper(lr, model_weight_decay).step_scalars(self.step_count + 1 + i)
         return rows
 
-    def advance(self, steps: int):
+    def advance(self, steps: int) -> None:
+        """Add ``steps`` updates run from a step table to the step count.
+
+        Parameters
+        ----------
+        steps : int
+            Updates run.
+        """
         self.step_count += int(steps)
 
-    def discard_skipped_steps(self):
+    def discard_skipped_steps(self) -> None:
         if self._skipped is not None:
             self.step_count -= int(self._skipped)
             self._skipped[...] = 0
 
 
 class AdamW(Adam):
-    """AdamW (Loshchilov & Hutter 2019) as ``torch.optim.AdamW``: Adam whose ``weight_decay``
-    shrinks the weights directly, ``theta *= 1 - lr * weight_decay``, before the Adam step,
-    instead of entering the gradient. Biases are never decayed (the flat buffer's weights
-    prefix only). A model's own L2 ``weight_decay`` still enters the gradient, since it is
-    part of the loss."""
+    """AdamW (Loshchilov & Hutter 2019) as ``torch.optim.AdamW``: Adam with decoupled decay.
+
+    Its ``weight_decay`` shrinks the weights directly, ``theta *= 1 - lr * weight_decay``,
+    before the Adam step, instead of entering the gradient.
+
+    Biases are never decayed (the flat buffer's weights prefix only). A model's own L2
+    ``weight_decay`` still enters the gradient, since it is part of the loss.
+
+    Parameters
+    ----------
+    lr : float, default 0.001
+        Learning rate, > 0.
+    betas : tuple of (float, float), default (0.9, 0.999)
+        The moments' decay rates, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, > 0.
+    weight_decay : float, default 0.01
+        Decoupled decay rate of the weights, >= 0.
+
+    Raises
+    ------
+    TypeError
+        When ``betas`` is not a pair (or a value has the wrong type).
+    ValueError
+        For a value out of its range.
+    """
 
     name = "adamw"
     _decoupled = True
 
-    def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 class RMSprop(Optimizer):
-    """RMSprop (Hinton's lecture 6e) as ``torch.optim.RMSprop``::
+    """RMSprop (Hinton's lecture 6e) as ``torch.optim.RMSprop``.
+
+    The update::
 
         g = clip_scale * grad + (model L2 + weight_decay) * theta      (weights only)
         s = alpha s + (1 - alpha) g^2
         d = sqrt(s - a^2) + eps with a = alpha a + (1 - alpha) g   if centered
             sqrt(s) + eps                                           otherwise
         b = momentum b + g / d,  theta -= lr b      (theta -= lr g / d without momentum)
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        Learning rate, > 0.
+    alpha : float, default 0.99
+        Decay rate of the squared gradients' average, in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, > 0.
+    weight_decay : float, default 0.0
+        Coupled L2 lambda, >= 0.
+    momentum : float, default 0.0
+        In [0, 1).
+    centered : bool, default False
+        Divide by the gradient's estimated variance rather than its second moment.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a value of the wrong type or out of its range.
     """
 
     name = "rmsprop"
     supports_step_tables = True
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, centered: bool = False):
+                 momentum: float = 0.0, centered: bool = False) -> None:
         self.hyper = RMSpropHyper(lr=_rate("lr", lr), alpha=alpha, eps=eps, momentum=momentum, centered=centered,
                                   weight_decay=weight_decay)
         self.reset()
 
-    alpha = property(lambda self: self.hyper.alpha)
-    eps = property(lambda self: self.hyper.eps)
-    weight_decay = property(lambda self: self.hyper.weight_decay)
-    momentum = property(lambda self: self.hyper.momentum)
-    centered = property(lambda self: self.hyper.centered)
+    @property
+    def alpha(self) -> float:
+        """Decay rate of the squared gradients' average."""
+        return self.hyper.alpha
 
-    def reset(self):
+    @property
+    def eps(self) -> float:
+        """The denominator's epsilon."""
+        return self.hyper.eps
+
+    @property
+    def weight_decay(self) -> float:
+        """The coupled L2 lambda."""
+        return self.hyper.weight_decay
+
+    @property
+    def momentum(self) -> float:
+        """The momentum factor."""
+        return self.hyper.momentum
+
+    @property
+    def centered(self) -> bool:
+        """Whether the update is centered."""
+        return self.hyper.centered
+
+    state_buffers = ("square_avg", "grad_avg", "momentum_buf")
+
+    def reset(self) -> None:
         self.square_avg = self.grad_avg = self.momentum_buf = None
 
-    def step(self, backend, params, grads, *, weight_decay=0.0, n_decay, scale=1.0, skip=False, lr=None,
-             step_table=None):
-        """Update ``params`` (flat, length P) in place from ``grads`` (flat, length P); the
-        arguments as for ``SGD.step``."""
+    def step(self, backend: NumpyBackend, params: Any, grads: Any, *, weight_decay: float = 0.0, n_decay: int,
+             scale: Any = 1.0, skip: Any = False, lr: float | None = None, step_table: StepTable | None = None) -> None:
+        """Update ``params`` in place from ``grads``: one RMSprop step.
+
+        Parameters
+        ----------
+        backend : NumpyBackend
+            The backend the arrays live on.
+        params : ndarray of shape (P,)
+            The flat parameters, updated in place.
+        grads : ndarray of shape (P,)
+            Their gradient.
+        weight_decay : float, default 0.0
+            The model's L2 lambda (added to the update's coupled decay).
+        n_decay : int
+            Length of the weights prefix of ``params`` (the decayed part).
+        scale : float or 0-d ndarray, default 1.0
+            Factor of the gradient (clipping).
+        skip : bool or 0-d ndarray, default False
+            Make the step a no-op (a device flag after a non-finite gradient).
+        lr : float or None, default None
+            This step's learning rate; None: the optimizer's.
+        step_table : StepTable or None, default None
+            Read the step's scalars from the table's current row instead.
+        """
         square_avg = _fresh_or_kept(backend, self.square_avg, params)
         if square_avg is not self.square_avg:
             self.square_avg = square_avg
@@ -395,9 +671,32 @@ class RMSprop(Optimizer):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
-def make_optimizer(name, lr=None, **options):
-    """An optimizer by name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``, any case) with
-    learning rate ``lr`` (None: that optimizer's default) and its own keyword options."""
+def make_optimizer(name: str, lr: float | None = None, **options: Any) -> Optimizer:
+    """An optimizer by name, with learning rate ``lr`` and its own keyword options.
+
+    Parameters
+    ----------
+    name : {"sgd", "adam", "adamw", "rmsprop"}
+        The optimizer (any case).
+    lr : float or None, default None
+        Its learning rate; None: that optimizer's default.
+    **options
+        Keyword arguments of its constructor, such as ``momentum=0.9`` for SGD or
+        ``betas=(0.9, 0.99)`` for Adam.
+
+    Returns
+    -------
+    Optimizer
+        A new optimizer.
+
+    Raises
+    ------
+    TypeError
+        When ``name`` is not a string, or an option is not one this optimizer takes (the
+        message lists those it takes).
+    ValueError
+        For an unknown name.
+    """
     if not isinstance(name, str):
         raise TypeError(f"optimizer must be a name or an optimizer object, got {type(name).__name__}")
     key = name.strip().lower()

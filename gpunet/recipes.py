@@ -179,9 +179,13 @@ def add_recipe_arguments(parser):
     parser.add_argument("name", choices=sorted(RECIPES), help="which result to reproduce")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
                         help="model seeds to run (the data split is fixed)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch budget")
-    parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
-    parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the recipe's epoch budget (default: the recipe's own)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"], help="array backend")
+    # progress shows by default: a bar on a terminal, a line per epoch when redirected
+    parser.add_argument("--progress", dest="progress", action="store_true", default=True,
+                        help="show each run's progress (the default)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="show no progress")
     return parser
 
 

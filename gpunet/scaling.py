@@ -10,6 +10,7 @@ full-size temporary and the variance keeps its precision where the mean is far f
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = ["InputScaling", "RunningMoments"]
 
@@ -23,17 +24,30 @@ def _row_chunks(arr):
 
 
 class RunningMoments:
-    """Per-column count, mean and sum of squared deviations of rows added a chunk at a time
-    (float64): chunks merge pairwise, which keeps the precision a running sum of squares
-    loses when the mean is large."""
+    """Per-column count, mean and sum of squared deviations of rows added a chunk at a time.
 
-    def __init__(self, n_columns: int):
+    In float64; chunks merge pairwise, which keeps the precision a running sum of squares
+    loses when the mean is large.
+
+    Parameters
+    ----------
+    n_columns : int
+        Columns of the rows to come.
+    """
+
+    def __init__(self, n_columns: int) -> None:
         self.count = 0
         self.mean = np.zeros(n_columns)
         self.squares = np.zeros(n_columns)
 
-    def add(self, chunk):
-        """Take in the rows of ``chunk`` (n, n_columns)."""
+    def add(self, chunk: ArrayLike) -> None:
+        """Take in the rows of ``chunk``.
+
+        Parameters
+        ----------
+        chunk : array-like of shape (n, n_columns)
+            Real rows (any dtype; computed in float64).
+        """
         chunk = np.asarray(chunk, dtype=np.float64)
         n = chunk.shape[0]
         if n == 0:
@@ -48,13 +62,27 @@ class RunningMoments:
 
 
 class InputScaling:
-    """Per-feature ``mean`` and ``scale`` (float64, scale > 0): ``transform`` maps inputs to
-    ``(x - mean) / scale``. A feature constant in the data it was learned from gets scale 1
-    (it maps to zero), as scikit-learn's StandardScaler does."""
+    """Per-feature ``mean`` and ``scale``: ``transform`` maps inputs to ``(x - mean) / scale``.
+
+    A feature constant in the data it was learned from gets scale 1 (it maps to zero), as
+    scikit-learn's StandardScaler does. Both arrays are read-only float64 copies.
+
+    Parameters
+    ----------
+    mean : array-like of shape (n_features,)
+        Finite means.
+    scale : array-like of shape (n_features,)
+        Finite, positive scales.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ or are not 1-D, or a value is not finite or a scale not positive.
+    """
 
     __slots__ = ("mean", "scale")
 
-    def __init__(self, mean, scale):
+    def __init__(self, mean: ArrayLike, scale: ArrayLike) -> None:
         mean = np.array(mean, dtype=np.float64, copy=True)
         scale = np.array(scale, dtype=np.float64, copy=True)
         if mean.ndim != 1 or scale.shape != mean.shape:
@@ -68,18 +96,49 @@ class InputScaling:
         self.mean, self.scale = mean, scale
 
     @classmethod
-    def learn(cls, x) -> "InputScaling":
-        """The mean and standard deviation of ``x`` (N, F) (any real dtype or layout, a memmap
-        included), read a chunk of rows at a time in float64."""
+    def learn(cls, x: np.ndarray) -> InputScaling:
+        """The mean and standard deviation of ``x``, read a chunk of rows at a time in float64.
+
+        Parameters
+        ----------
+        x : numpy.ndarray of shape (N, F)
+            Any real dtype or layout, a memory map included.
+
+        Returns
+        -------
+        InputScaling
+            Its per-feature mean and standard deviation (1 for a constant feature).
+        """
         moments = RunningMoments(x.shape[1])
         for chunk in _row_chunks(x):
             moments.add(chunk)
         std = np.sqrt(moments.squares / max(moments.count, 1))
         return cls(moments.mean, np.where(std > 0, std, 1.0))
 
-    def transform(self, x, dtype, out=None) -> np.ndarray:
-        """``(x - mean) / scale`` as a C-ordered array of ``dtype`` (into ``out`` when given),
-        computed in float64 a chunk of rows at a time."""
+    def transform(self, x: np.ndarray, dtype: DTypeLike, out: np.ndarray | None = None) -> np.ndarray:
+        """``(x - mean) / scale``, computed in float64 a chunk of rows at a time.
+
+        Values beyond ``dtype``'s range come out infinite: the caller checks.
+
+        Parameters
+        ----------
+        x : numpy.ndarray of shape (N, n_features)
+            The inputs.
+        dtype : dtype
+            The result's dtype.
+        out : numpy.ndarray of shape (N, n_features), optional
+            Where to write the result.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out``, or a new C-ordered array of ``dtype``.
+
+        Raises
+        ------
+        ValueError
+            When ``x`` has another number of features.
+        """
         if x.shape[1:] != self.mean.shape:
             raise ValueError(f"input scaling is for {self.mean.shape[0]} features, got {x.shape[1]}")
         out = np.empty(x.shape, dtype=dtype) if out is None else out
@@ -92,11 +151,37 @@ class InputScaling:
         return out
 
     def config(self) -> dict:
-        """JSON-able: float64 values round-trip exactly through their shortest repr."""
+        """The scaling as a JSON-able dict, which ``from_config`` turns back into it.
+
+        Returns
+        -------
+        dict
+            ``{"mean": [...], "scale": [...]}``: float64 values round-trip exactly through
+            their shortest repr.
+        """
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
-    def from_config(cls, config) -> "InputScaling":
+    def from_config(cls, config: InputScaling | dict) -> InputScaling:
+        """An ``InputScaling`` from ``config()``'s dict (an ``InputScaling`` is returned as it is).
+
+        Parameters
+        ----------
+        config : InputScaling or dict
+            A scaling, or a dict with the keys ``"mean"`` and ``"scale"``.
+
+        Returns
+        -------
+        InputScaling
+            The scaling.
+
+        Raises
+        ------
+        TypeError
+            When ``config`` is neither.
+        ValueError
+            When its values do not make a scaling.
+        """
         if isinstance(config, InputScaling):
             return config
         if not isinstance(config, dict) or set(config) != {"mean", "scale"}:

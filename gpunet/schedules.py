@@ -23,6 +23,7 @@ parameters of the best epoch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .validation import check_bool, check_int, check_real
 
@@ -39,30 +40,80 @@ def _check_per(per):
 
 
 class Schedule:
-    """Base class: subclasses define ``factor(t, total)`` and set ``per``."""
+    """Base class of the schedules: subclasses define ``factor(t, total)`` and set ``per``."""
 
     per = "epoch"
 
-    def factor(self, t: int, total: int | None) -> float:
+    def factor(self, t: int, total: int | None = None) -> float:
+        """The multiplier of the optimizer's base learning rate at unit ``t``.
+
+        Parameters
+        ----------
+        t : int
+            Units (epochs, or optimizer steps with ``per="step"``) done since ``fit`` started.
+        total : int or None
+            The units the ``fit`` call runs, its horizon; None when not known.
+
+        Returns
+        -------
+        float
+            The factor, at least 0.
+        """
         raise NotImplementedError
 
     def lr(self, base_lr: float, t: int, total: int | None = None) -> float:
-        """The learning rate for unit ``t`` of ``total``: ``base_lr * factor(t, total)``."""
+        """The learning rate for unit ``t`` of ``total``: ``base_lr * factor(t, total)``.
+
+        Parameters
+        ----------
+        base_lr : float
+            The optimizer's own learning rate.
+        t : int
+            Units done since ``fit`` started.
+        total : int or None
+            The units the ``fit`` call runs, when known.
+
+        Returns
+        -------
+        float
+            The learning rate of unit ``t``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            When ``factor`` returns something other than a finite real number >= 0.
+        """
         value = self.factor(t, total)
         check_real("schedule factor", value, low=0.0)
         return float(base_lr) * float(value)
 
 
 class StepDecay(Schedule):
-    """Multiply by ``gamma`` every ``step_size`` units: ``gamma ** (t // step_size)``
-    (``torch.optim.lr_scheduler.StepLR``)."""
+    """Multiply by ``gamma`` every ``step_size`` units: ``gamma ** (t // step_size)``.
 
-    def __init__(self, step_size: int, gamma: float = 0.1, per: str = "epoch"):
+    As ``torch.optim.lr_scheduler.StepLR``.
+
+    Parameters
+    ----------
+    step_size : int
+        Units (>= 1) between two cuts of the rate.
+    gamma : float, default 0.1
+        The factor of each cut, in (0, 1].
+    per : {"epoch", "step"}, default "epoch"
+        What a unit is.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an argument of the wrong type or out of its range.
+    """
+
+    def __init__(self, step_size: int, gamma: float = 0.1, per: str = "epoch") -> None:
         self.step_size = check_int("step_size", step_size, low=1)
         self.gamma = check_real("gamma", gamma, low=0.0, high=1.0, low_open=True)
         self.per = _check_per(per)
 
-    def factor(self, t, total=None):
+    def factor(self, t: int, total: int | None = None) -> float:
         return self.gamma ** (t // self.step_size)
 
     def __repr__(self):
@@ -70,13 +121,26 @@ class StepDecay(Schedule):
 
 
 class ExponentialDecay(Schedule):
-    """Multiply by ``gamma`` every unit: ``gamma ** t`` (``ExponentialLR``)."""
+    """Multiply by ``gamma`` every unit: ``gamma ** t`` (``ExponentialLR``).
 
-    def __init__(self, gamma: float, per: str = "epoch"):
+    Parameters
+    ----------
+    gamma : float
+        The factor per unit, in (0, 1].
+    per : {"epoch", "step"}, default "epoch"
+        What a unit is.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an argument of the wrong type or out of its range.
+    """
+
+    def __init__(self, gamma: float, per: str = "epoch") -> None:
         self.gamma = check_real("gamma", gamma, low=0.0, high=1.0, low_open=True)
         self.per = _check_per(per)
 
-    def factor(self, t, total=None):
+    def factor(self, t: int, total: int | None = None) -> float:
         return self.gamma ** t
 
     def __repr__(self):
@@ -84,20 +148,53 @@ class ExponentialDecay(Schedule):
 
 
 class CosineDecay(Schedule):
-    """Half a cosine from 1 down to ``min_factor`` over ``total`` units, then flat
-    (``CosineAnnealingLR`` with ``eta_min = min_factor * lr``)::
+    """Half a cosine from 1 down to ``min_factor`` over ``total`` units, then flat.
+
+    As ``CosineAnnealingLR`` with ``eta_min = min_factor * lr``::
 
         factor(t) = min_factor + (1 - min_factor) * (1 + cos(pi * min(t, T) / T)) / 2
 
-    ``total=None`` takes T from ``fit``: the whole run (what is left after a warm-up).
+    Parameters
+    ----------
+    total : int or None, default None
+        T, in units (>= 1); None takes it from ``fit``: the whole run (what is left after a
+        warm-up).
+    min_factor : float, default 0.0
+        The factor at the end, in [0, 1].
+    per : {"epoch", "step"}, default "epoch"
+        What a unit is.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an argument of the wrong type or out of its range.
     """
 
-    def __init__(self, total: int | None = None, min_factor: float = 0.0, per: str = "epoch"):
+    def __init__(self, total: int | None = None, min_factor: float = 0.0, per: str = "epoch") -> None:
         self.total = None if total is None else check_int("total", total, low=1)
         self.min_factor = check_real("min_factor", min_factor, low=0.0, high=1.0)
         self.per = _check_per(per)
 
-    def factor(self, t, total=None):
+    def factor(self, t: int, total: int | None = None) -> float:
+        """The cosine's value at unit ``t``, over ``self.total`` units or else ``total``.
+
+        Parameters
+        ----------
+        t : int
+            Units done since ``fit`` started.
+        total : int or None
+            The units the ``fit`` call runs (the horizon when ``self.total`` is None).
+
+        Returns
+        -------
+        float
+            The factor, from 1 down to ``min_factor``.
+
+        Raises
+        ------
+        ValueError
+            When neither ``self.total`` nor ``total`` gives the horizon.
+        """
         horizon = self.total if self.total is not None else total
         if horizon is None:
             raise ValueError("CosineDecay(total=None) needs the run length; fit() passes it")
@@ -110,15 +207,35 @@ class CosineDecay(Schedule):
 
 
 class LinearWarmup(Schedule):
-    """Ramp linearly from ``start_factor`` to 1 over ``warmup`` units (``LinearLR``), then
-    hold 1 or hand over to ``then`` (its clock restarts at 0; its horizon is what is left)::
+    """Ramp linearly from ``start_factor`` to 1 over ``warmup`` units, then hold or hand over.
+
+    As ``LinearLR``; after the warm-up the factor is 1, or ``then``'s (its clock restarts at 0;
+    its horizon is what is left)::
 
         factor(t) = start_factor + (1 - start_factor) * t / warmup    for t < warmup
                     then.factor(t - warmup, total - warmup)            afterwards (or 1)
+
+    Parameters
+    ----------
+    warmup : int
+        Units (>= 1) of the ramp.
+    start_factor : float, default 0.1
+        The factor at t = 0, in [0, 1].
+    then : Schedule or None, default None
+        The schedule after the warm-up, counting in the same units.
+    per : {"epoch", "step"}, default "epoch"
+        What a unit is.
+
+    Raises
+    ------
+    TypeError
+        When ``then`` is not a ``Schedule`` (or another argument has the wrong type).
+    ValueError
+        When ``then`` counts other units, or an argument is out of its range.
     """
 
     def __init__(self, warmup: int, start_factor: float = 0.1, then: Schedule | None = None,
-                 per: str = "epoch"):
+                 per: str = "epoch") -> None:
         self.warmup = check_int("warmup", warmup, low=1)
         self.start_factor = check_real("start_factor", start_factor, low=0.0, high=1.0)
         self.per = _check_per(per)
@@ -130,7 +247,7 @@ class LinearWarmup(Schedule):
                                  f"{then.per!r}; give both the same per=")
         self.then = then
 
-    def factor(self, t, total=None):
+    def factor(self, t: int, total: int | None = None) -> float:
         if t < self.warmup:
             return self.start_factor + (1.0 - self.start_factor) * t / self.warmup
         if self.then is None:
@@ -158,8 +275,24 @@ class _PerEpochFunction(Schedule):
         return f"schedule({self.function!r})"
 
 
-def as_schedule(schedule) -> Schedule | None:
-    """None, a ``Schedule``, or a callable ``f(epoch) -> factor`` (wrapped per epoch)."""
+def as_schedule(schedule: Schedule | Callable[[int], float] | None) -> Schedule | None:
+    """``fit``'s ``schedule`` argument as a ``Schedule`` (or None).
+
+    Parameters
+    ----------
+    schedule : Schedule, callable or None
+        A schedule, or a function ``f(epoch) -> factor`` (wrapped as a per-epoch schedule).
+
+    Returns
+    -------
+    Schedule or None
+        The schedule; None for None.
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    """
     if schedule is None or isinstance(schedule, Schedule):
         return schedule
     if callable(schedule):
@@ -171,21 +304,34 @@ def as_schedule(schedule) -> Schedule | None:
 class EarlyStopping:
     """Stop ``fit`` when a per-epoch metric stops improving.
 
-    monitor : a history key: ``"val_loss"`` (default), ``"val_accuracy"`` / ``"val_r2"``
-        (need ``validation_data``), or ``"loss"``, ``"accuracy"``, ``"r2"``.
-    patience : number of epochs in a row without improvement after which training stops
-        (0 stops at the first such epoch).
-    min_delta : how much better than the best so far counts as an improvement.
-    mode : ``"min"``, ``"max"`` or ``"auto"`` (``"min"`` for losses, ``"max"`` otherwise).
-    restore_best_weights : at the end of ``fit`` (stopped early or not) put back the
-        parameters of the best epoch.
-
     ``fit`` records the outcome on the History: ``stopped_epoch`` (1-based, None when it ran
     every epoch), ``best_epoch`` and ``best_value``.
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        A history key: ``"val_loss"``, ``"val_accuracy"`` / ``"val_r2"`` (need
+        ``validation_data``), or ``"loss"``, ``"accuracy"``, ``"r2"``.
+    patience : int, default 10
+        Epochs in a row without improvement after which training stops (0 stops at the
+        first such epoch).
+    min_delta : float, default 0.0
+        How much better than the best so far counts as an improvement.
+    mode : {"auto", "min", "max"}, default "auto"
+        Whether lower or higher is better; ``"auto"``: lower for losses, higher otherwise.
+    restore_best_weights : bool, default True
+        At the end of ``fit`` (stopped early or not) put back the parameters of the best epoch.
+
+    Raises
+    ------
+    TypeError
+        When ``monitor`` is not a string (or another argument has the wrong type).
+    ValueError
+        For an unknown ``mode``, or a value out of its range.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0,
-                 mode: str = "auto", restore_best_weights: bool = True):
+                 mode: str = "auto", restore_best_weights: bool = True) -> None:
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be a history key such as 'val_loss', got {type(monitor).__name__}")
         self.monitor = monitor
@@ -199,19 +345,32 @@ class EarlyStopping:
 
     @property
     def minimize(self) -> bool:
+        """Whether a lower value of the monitored metric is better."""
         if self.mode == "auto":
             return self.monitor.endswith("loss")
         return self.mode == "min"
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget the run so far (``fit`` calls this at its start)."""
         self.best_value = None
         self.best_epoch = None
         self.wait = 0
 
     def update(self, epoch: int, value: float) -> bool:
-        """Record the monitored ``value`` of ``epoch`` (1-based); True when it is a new best.
-        A NaN never improves."""
+        """Record the monitored ``value`` of ``epoch``; a NaN never improves.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch, 1-based.
+        value : float
+            The monitored metric's value after it.
+
+        Returns
+        -------
+        bool
+            True when it is a new best.
+        """
         value = float(value)
         if self.best_value is None:
             improved = not math.isnan(value)
@@ -235,8 +394,24 @@ class EarlyStopping:
                 f"mode={self.mode!r}, restore_best_weights={self.restore_best_weights})")
 
 
-def as_early_stopping(early_stopping) -> EarlyStopping | None:
-    """None/False, True (the defaults), or an ``EarlyStopping``."""
+def as_early_stopping(early_stopping: EarlyStopping | bool | None) -> EarlyStopping | None:
+    """``fit``'s ``early_stopping`` argument as an ``EarlyStopping`` (or None).
+
+    Parameters
+    ----------
+    early_stopping : EarlyStopping, bool or None
+        None or False: none; True: ``EarlyStopping()`` with its defaults; or an ``EarlyStopping``.
+
+    Returns
+    -------
+    EarlyStopping or None
+        The rule, or None for none.
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    """
     if early_stopping is None or early_stopping is False:
         return None
     if early_stopping is True:

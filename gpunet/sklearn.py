@@ -24,12 +24,16 @@ never imports either.
 """
 from __future__ import annotations
 
+import copy
 import numbers
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.optimize
 import scipy.sparse
+from numpy.typing import ArrayLike, DTypeLike
+from sklearn import neural_network
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
@@ -62,8 +66,23 @@ _SCHEDULES = ("cosine", "warmup_cosine")
 _OUTPUTS = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "binary_cross_entropy"),
             "identity": ("identity", "mse"), "exp": ("exp", "poisson")}
 _CHUNK = 4096          # rows densified or evaluated at a time outside minibatches
+# the hidden activations scikit-learn's MLPs and gpunet's share (scikit-learn has no leaky ReLU)
+_SKLEARN_TO_GPUNET_ACTIVATION = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_GPUNET_TO_SKLEARN_ACTIVATION = {ours: theirs for theirs, ours in _SKLEARN_TO_GPUNET_ACTIVATION.items()}
+_SKLEARN_SOLVERS = ("lbfgs", "sgd", "adam")
+# what a fit records besides the network: carried over by to_sklearn and from_sklearn
+_FIT_RECORD = ("n_iter_", "t_", "loss_", "loss_curve_", "best_loss_", "validation_scores_",
+               "best_validation_score_", "feature_names_in_")
+# the parameters of the placeholder fit a conversion makes (one quiet, deterministic iteration)
+_PLACEHOLDER_FIT = {"max_iter": 1, "early_stopping": False, "warm_start": False, "verbose": False,
+                    "random_state": 0}
 _DIVERGED = ("Solver produced non-finite parameter weights. The input data may contain large values and "
              "need to be preprocessed.")
+
+# the regressor's parameter only: the classifier's docstring leaves it out
+_REGRESSOR_LOSS_DOC = """    loss : {"squared_error", "poisson"}, default "squared_error" (regressor only)
+        "poisson" fits counts with an exp output (half the Poisson deviance).
+"""
 
 _PARAMETERS_DOC = """
     Parameters
@@ -90,9 +109,7 @@ _PARAMETERS_DOC = """
         Epochs of the stochastic solvers; iterations of L-BFGS.
     max_fun : int, default 15000
         Loss and gradient evaluations of L-BFGS at most.
-    loss : {"squared_error", "poisson"}, default "squared_error" (regressor only)
-        "poisson" fits counts with an exp output (half the Poisson deviance).
-    shuffle : bool, default True
+""" + _REGRESSOR_LOSS_DOC + """    shuffle : bool, default True
     random_state : int, RandomState or None
         Seeds initialisation, shuffling and the validation split.
     tol, n_iter_no_change : default 1e-4, 10
@@ -244,15 +261,64 @@ class _Objective:
         return float(loss), to_numpy(grad)
 
 
+# ---- conversions between these estimators and scikit-learn's own -------------------------------------
+def _placeholder_rows(fitted):
+    """(X, y): a few rows from which a fit gives an estimator with the outputs of ``fitted``
+    (either library's, read through public attributes): one row per class (an identity matrix
+    of labels for multilabel y), or two rows of a regressor's ``n_outputs_`` targets; X in the
+    dtype of ``fitted``'s coefficients."""
+    coefs = [np.asarray(c) for c in fitted.coefs_]
+    dtype = np.float32 if all(c.dtype == np.float32 for c in coefs) else np.float64
+    if is_classifier(fitted):
+        if fitted.out_activation_ == "logistic" and fitted.n_outputs_ > 1:      # multilabel
+            y = np.eye(fitted.n_outputs_, dtype=np.int64)
+        else:
+            y = np.asarray(fitted.classes_)
+    else:
+        y = np.ones(2) if fitted.n_outputs_ == 1 else np.ones((2, fitted.n_outputs_))
+    return np.zeros((len(y), coefs[0].shape[0]), dtype=dtype), y
+
+
+def _converted(source, target):
+    """``target`` (an unfitted estimator of the other library, with ``source``'s parameters)
+    fitted as a copy of the fitted ``source``.
+
+    A one-iteration fit on placeholder rows gives ``target`` the fitted state its library keeps
+    privately (label binarizer, output activation, optimizer, counters) through its public
+    API; its coefficients and the fit's record are then replaced by ``source``'s."""
+    X, y = _placeholder_rows(source)
+    kept = {name: target.get_params()[name] for name in _PLACEHOLDER_FIT}
+    target.set_params(**_PLACEHOLDER_FIT)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # the placeholder fit's ConvergenceWarning, batch_size clipping
+            target.fit(X, y)
+    finally:
+        target.set_params(**kept)
+    if target.out_activation_ != source.out_activation_ or target.n_layers_ != source.n_layers_:
+        raise ValueError(f"the converted estimator has the output {target.out_activation_!r} and "
+                         f"{target.n_layers_} layers, the original {source.out_activation_!r} and "
+                         f"{source.n_layers_}")
+    target.coefs_ = [np.array(c, copy=True) for c in source.coefs_]
+    target.intercepts_ = [np.array(b, copy=True) for b in source.intercepts_]
+    for name in _FIT_RECORD:
+        if hasattr(source, name):
+            setattr(target, name, copy.deepcopy(getattr(source, name)))
+    return target
+
+
 class _BaseMLP(BaseEstimator):
     """Shared constructor, fit and prediction of the two estimators (``_PARAMETERS_DOC``)."""
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4,
-                 batch_size="auto", learning_rate="constant", learning_rate_init=1e-3, power_t=0.5, max_iter=200,
-                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, lr_schedule=None,
-                 weight_decay=0.01, clip_norm=None, dtype=None, backend=None):
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu", *,
+                 solver: str = "adam", alpha: float = 1e-4, batch_size: int | str = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 1e-3, power_t: float = 0.5,
+                 max_iter: int = 200, shuffle: bool = True, random_state: int | np.random.RandomState | None = None,
+                 tol: float = 1e-4, verbose: bool | int = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int | float = 10,
+                 max_fun: int = 15000, lr_schedule: str | Schedule | None = None, weight_decay: float = 0.01,
+                 clip_norm: float | None = None, dtype: DTypeLike | None = None, backend: str | None = None) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -657,10 +723,52 @@ class _BaseMLP(BaseEstimator):
         tags.input_tags.sparse = True
         return tags
 
+    # ---- conversions to and from scikit-learn's own estimators ----------------------------------------
+    def _to_sklearn(self, sklearn_class):
+        """A fitted ``sklearn_class`` estimator with this estimator's network (``to_sklearn``)."""
+        check_is_fitted(self, "coefs_")
+        activation = self._activation_name()
+        if activation not in _GPUNET_TO_SKLEARN_ACTIVATION:
+            raise ValueError(f"scikit-learn's MLPs have no {activation!r} hidden activation (they have "
+                             f"{', '.join(_SKLEARN_TO_GPUNET_ACTIVATION)})")
+        shared = set(sklearn_class().get_params())
+        params = {name: value for name, value in copy.deepcopy(self.get_params(deep=False)).items()
+                  if name in shared}
+        params["activation"] = _GPUNET_TO_SKLEARN_ACTIVATION[activation]
+        params["hidden_layer_sizes"] = tuple(np.shape(c)[1] for c in self.coefs_[:-1])
+        if params["solver"] not in _SKLEARN_SOLVERS:       # "adamw", "rmsprop": only a later fit sees it
+            params["solver"] = "adam"
+        return _converted(self, sklearn_class(**params))
+
+    @classmethod
+    def _from_sklearn(cls, estimator, sklearn_class, params):
+        """A fitted estimator of this class with the network of the fitted scikit-learn
+        ``estimator`` (``from_sklearn``); ``params`` are gpunet's own parameters."""
+        if not isinstance(estimator, sklearn_class):
+            raise TypeError(f"expected a fitted sklearn.neural_network.{sklearn_class.__name__}, "
+                            f"got {type(estimator).__name__}")
+        check_is_fitted(estimator, "coefs_")
+        theirs = copy.deepcopy(estimator.get_params(deep=False))
+        if theirs["activation"] not in _SKLEARN_TO_GPUNET_ACTIVATION:
+            raise ValueError(f"the hidden activation {theirs['activation']!r} has no gpunet twin (gpunet "
+                             f"converts {', '.join(_SKLEARN_TO_GPUNET_ACTIVATION)})")
+        if getattr(estimator, "out_activation_", None) not in _OUTPUTS:
+            raise ValueError(f"the output activation {getattr(estimator, 'out_activation_', None)!r} has no "
+                             f"gpunet twin (gpunet converts {', '.join(_OUTPUTS)})")
+        shared = set(cls().get_params())
+        merged = {name: value for name, value in theirs.items() if name in shared}
+        merged["hidden_layer_sizes"] = tuple(np.shape(c)[1] for c in estimator.coefs_[:-1])
+        ours = _converted(estimator, cls(**{**merged, **params}))
+        # the network takes the new coefficients now (prediction would push them anyway)
+        ours.net_.set_flat_params(np.concatenate([np.ravel(a) for a in [*ours.coefs_, *ours.intercepts_]]))
+        return ours
+
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multilayer perceptron classifier trained by gpunet: a softmax output for three or more
-    classes, one logistic unit for two, independent logistic units for multilabel y.
+    """Multilayer perceptron classifier trained by gpunet, a drop-in for scikit-learn's.
+
+    A softmax output for three or more classes, one logistic unit for two, independent
+    logistic units for multilabel y.
 
     Labels may be any values scikit-learn accepts (ints, strings...); ``classes_`` holds them
     sorted, and ``predict_proba`` columns follow that order.
@@ -711,16 +819,61 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             outputs = outputs.ravel()
         return self._label_binarizer.inverse_transform(outputs)
 
-    def fit(self, X, y, sample_weight=None):
-        """Train on X (n_samples, n_features) and y: labels (n_samples,) or a multilabel
-        indicator matrix (n_samples, n_classes); ``sample_weight`` (n_samples,) weighs each
-        sample's loss. Returns self."""
+    def fit(self, X: ArrayLike | scipy.sparse.spmatrix, y: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> MLPClassifier:
+        """Train on X and y (from scratch, or with ``warm_start`` from the fitted network).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training features.
+        y : array-like of shape (n_samples,) or (n_samples, n_classes)
+            Labels, or a multilabel indicator matrix.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weighs each sample's loss.
+
+        Returns
+        -------
+        MLPClassifier
+            self, fitted.
+
+        Raises
+        ------
+        ValueError
+            For a hyper-parameter out of range, data scikit-learn refuses, or a fit whose
+            parameters became non-finite.
+        """
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     @available_if(lambda est: est.solver != "lbfgs")
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """One epoch over X and y, continuing from the earlier calls; ``classes`` (every label
-        the calls will see) is required on the first call."""
+    def partial_fit(self, X: ArrayLike | scipy.sparse.spmatrix, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                    classes: ArrayLike | None = None) -> MLPClassifier:
+        """One epoch over X and y, continuing from the earlier calls (the optimizer's state too).
+
+        Not with ``solver="lbfgs"`` or ``early_stopping``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training features.
+        y : array-like of shape (n_samples,) or (n_samples, n_classes)
+            Labels, or a multilabel indicator matrix.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weighs each sample's loss.
+        classes : array-like of shape (n_classes,), optional
+            Every label the calls will see: required on the first call, and the same on later ones.
+
+        Returns
+        -------
+        MLPClassifier
+            self, trained one epoch further.
+
+        Raises
+        ------
+        ValueError
+            When ``classes`` is missing on the first call or differs from the first call's,
+            and as ``fit`` raises.
+        """
         first = getattr(self, "classes_", None) is None
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
@@ -734,21 +887,128 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(y if type_of_target(y).startswith("multilabel") else classes)
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
-    def predict(self, X):
-        """Predicted labels (n_samples,) from ``classes_``, or an indicator matrix for multilabel."""
+    def predict(self, X: ArrayLike | scipy.sparse.spmatrix) -> np.ndarray:
+        """Predicted labels, from ``classes_``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Features.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples,) or (n_samples, n_classes)
+            Labels, or an indicator matrix for multilabel y.
+
+        Raises
+        ------
+        ValueError
+            For rows whose outputs overflow the model's dtype (named), or X scikit-learn refuses.
+        """
         return self._labels_from(self._forward(X))
 
-    def predict_proba(self, X):
-        """Class probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
+    def predict_proba(self, X: ArrayLike | scipy.sparse.spmatrix) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Features.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples, n_classes)
+            Probabilities.
+
+        Raises
+        ------
+        ValueError
+            For rows whose outputs overflow the model's dtype (named), or X scikit-learn refuses.
+        """
         out = self._forward(X)
         if self.n_outputs_ == 1:
             out = out.ravel()
         return np.vstack([1 - out, out]).T if out.ndim == 1 else out
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike | scipy.sparse.spmatrix) -> np.ndarray:
+        """The logarithm of ``predict_proba``'s probabilities (-inf for a probability of 0).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Features.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples, n_classes)
+            Log-probabilities.
+
+        Raises
+        ------
+        ValueError
+            As ``predict_proba`` raises.
+        """
         probabilities = self.predict_proba(X)
         with np.errstate(divide="ignore"):
             return np.log(probabilities, out=probabilities)
+
+    def to_sklearn(self) -> neural_network.MLPClassifier:
+        """This fitted classifier as scikit-learn's own ``MLPClassifier``, predicting the same.
+
+        The network (``coefs_``, ``intercepts_``), the classes, the fit's record (``n_iter_``,
+        ``loss_curve_``, ...) and the parameters scikit-learn has are carried over (a solver it
+        lacks, "adamw" or "rmsprop", becomes "adam": only a later fit sees it). scikit-learn's
+        own fitted state (its label binarizer) comes from a one-iteration fit on one row per
+        class, whose coefficients are then replaced; a later ``partial_fit`` starts from that
+        fit's optimizer state, a warm-started ``fit`` from a fresh one. Coefficients keep their
+        dtype: scikit-learn computes a float32 model's predictions in the dtype of X (float64
+        for float64 X), so they agree with this estimator's to float32 rounding; a float64
+        model's agree to float64 rounding.
+
+        Returns
+        -------
+        sklearn.neural_network.MLPClassifier
+            A fitted estimator whose ``predict`` and ``predict_proba`` give this one's.
+
+        Raises
+        ------
+        ValueError
+            For the hidden activation "leaky_relu", which scikit-learn does not have.
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        """
+        return self._to_sklearn(neural_network.MLPClassifier)
+
+    @classmethod
+    def from_sklearn(cls, estimator: neural_network.MLPClassifier, **params: object) -> MLPClassifier:
+        """A fitted gpunet ``MLPClassifier`` computing the network of a fitted scikit-learn one.
+
+        The reverse of ``to_sklearn``: scikit-learn's parameters, network, classes and fit
+        record are carried over, and the model's dtype is that of the coefficients.
+
+        Parameters
+        ----------
+        estimator : sklearn.neural_network.MLPClassifier
+            A fitted estimator with a hidden activation gpunet has ("identity", "logistic",
+            "tanh", "relu").
+        **params : object
+            gpunet's own parameters for the new estimator, such as ``backend="cupy"``.
+
+        Returns
+        -------
+        MLPClassifier
+            A fitted estimator whose ``predict`` and ``predict_proba`` give ``estimator``'s.
+
+        Raises
+        ------
+        TypeError
+            When ``estimator`` is not a scikit-learn ``MLPClassifier``.
+        ValueError
+            For an activation gpunet does not have.
+        sklearn.exceptions.NotFittedError
+            When ``estimator`` is not fitted.
+        """
+        return cls._from_sklearn(estimator, neural_network.MLPClassifier, params)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -756,24 +1016,31 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return tags
 
 
-MLPClassifier.__doc__ += _PARAMETERS_DOC
+MLPClassifier.__doc__ += _PARAMETERS_DOC.replace(_REGRESSOR_LOSS_DOC, "")
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multilayer perceptron regressor trained by gpunet: an identity output with the squared
-    error, or with ``loss="poisson"`` an exp output with half the Poisson deviance.
+    """Multilayer perceptron regressor trained by gpunet, a drop-in for scikit-learn's.
+
+    An identity output with the squared error, or with ``loss="poisson"`` an exp output with
+    half the Poisson deviance.
 
     y may be (n_samples,) or (n_samples, n_outputs); ``predict`` returns (n_samples,) when
     there is one output, in the model's dtype. Targets are used as given: standardise them
     (e.g. ``TransformedTargetRegressor``) when their scale is far from 1.
     """
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4,
-                 batch_size="auto", learning_rate="constant", learning_rate_init=1e-3, power_t=0.5, max_iter=200,
-                 loss="squared_error", shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, lr_schedule=None,
-                 weight_decay=0.01, clip_norm=None, dtype=None, backend=None):
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu", *,
+                 solver: str = "adam", alpha: float = 1e-4, batch_size: int | str = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 1e-3, power_t: float = 0.5,
+                 max_iter: int = 200, loss: str = "squared_error", shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool | int = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True,
+                 early_stopping: bool = False, validation_fraction: float = 0.1, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int | float = 10, max_fun: int = 15000,
+                 lr_schedule: str | Schedule | None = None, weight_decay: float = 0.01, clip_norm: float | None = None,
+                 dtype: DTypeLike | None = None, backend: str | None = None) -> None:
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
@@ -806,20 +1073,135 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             return float("nan")
         return float(r2_score(targets, outputs.ravel() if outputs.shape[1] == 1 else outputs))
 
-    def fit(self, X, y, sample_weight=None):
-        """Train on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_outputs),
-        each sample's loss weighted by ``sample_weight`` (n_samples,) when given."""
+    def fit(self, X: ArrayLike | scipy.sparse.spmatrix, y: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> MLPRegressor:
+        """Train on X and y (from scratch, or with ``warm_start`` from the fitted network).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training features.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weighs each sample's loss.
+
+        Returns
+        -------
+        MLPRegressor
+            self, fitted.
+
+        Raises
+        ------
+        ValueError
+            For a hyper-parameter out of range, data scikit-learn refuses, or a fit whose
+            parameters became non-finite.
+        """
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     @available_if(lambda est: est.solver != "lbfgs")
-    def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over X and y, continuing from the earlier calls (the optimizer's state too)."""
+    def partial_fit(self, X: ArrayLike | scipy.sparse.spmatrix, y: ArrayLike,
+                    sample_weight: ArrayLike | None = None) -> MLPRegressor:
+        """One epoch over X and y, continuing from the earlier calls (the optimizer's state too).
+
+        Not with ``solver="lbfgs"`` or ``early_stopping``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training features.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weighs each sample's loss.
+
+        Returns
+        -------
+        MLPRegressor
+            self, trained one epoch further.
+
+        Raises
+        ------
+        ValueError
+            As ``fit`` raises.
+        """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
-    def predict(self, X):
-        """Predictions (n_samples,) with one output, else (n_samples, n_outputs)."""
+    def predict(self, X: ArrayLike | scipy.sparse.spmatrix) -> np.ndarray:
+        """Predictions of the fitted network, in the model's dtype.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Features.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            (n_samples,) with one output.
+
+        Raises
+        ------
+        ValueError
+            For rows whose outputs overflow the model's dtype (named), or X scikit-learn refuses.
+        """
         out = self._forward(X)
         return out.ravel() if out.shape[1] == 1 else out
+
+    def to_sklearn(self) -> neural_network.MLPRegressor:
+        """This fitted regressor as scikit-learn's own ``MLPRegressor``, predicting the same.
+
+        The network (``coefs_``, ``intercepts_``), the fit's record (``n_iter_``,
+        ``loss_curve_``, ...) and the parameters scikit-learn has are carried over (``loss``
+        included; a solver it lacks, "adamw" or "rmsprop", becomes "adam"). scikit-learn's own
+        fitted state comes from a one-iteration fit on two rows, whose coefficients are then
+        replaced. Coefficients keep their dtype: a float32 model's predictions agree with this
+        estimator's to float32 rounding, a float64 model's to float64 rounding.
+
+        Returns
+        -------
+        sklearn.neural_network.MLPRegressor
+            A fitted estimator whose ``predict`` gives this one's.
+
+        Raises
+        ------
+        ValueError
+            For the hidden activation "leaky_relu", which scikit-learn does not have.
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        """
+        return self._to_sklearn(neural_network.MLPRegressor)
+
+    @classmethod
+    def from_sklearn(cls, estimator: neural_network.MLPRegressor, **params: object) -> MLPRegressor:
+        """A fitted gpunet ``MLPRegressor`` computing the network of a fitted scikit-learn one.
+
+        The reverse of ``to_sklearn``: scikit-learn's parameters (``loss`` included), network
+        and fit record are carried over, and the model's dtype is that of the coefficients.
+
+        Parameters
+        ----------
+        estimator : sklearn.neural_network.MLPRegressor
+            A fitted estimator with a hidden activation gpunet has ("identity", "logistic",
+            "tanh", "relu").
+        **params : object
+            gpunet's own parameters for the new estimator, such as ``backend="cupy"``.
+
+        Returns
+        -------
+        MLPRegressor
+            A fitted estimator whose ``predict`` gives ``estimator``'s.
+
+        Raises
+        ------
+        TypeError
+            When ``estimator`` is not a scikit-learn ``MLPRegressor``.
+        ValueError
+            For an activation gpunet does not have.
+        sklearn.exceptions.NotFittedError
+            When ``estimator`` is not fitted.
+        """
+        return cls._from_sklearn(estimator, neural_network.MLPRegressor, params)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -34,11 +34,13 @@ import csv
 import math
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 __all__ = ["Table", "DataFile", "read_data_file", "read_table", "FORMATS", "parquet_pandas"]
 
@@ -255,8 +257,29 @@ class DataFile:
 _MISSING_HINT = "Fill them in, or drop those rows (drop_missing=True; --drop-missing on the command line)"
 
 
-def read_data_file(path) -> DataFile:
-    """The columns of the data file at ``path`` (its format from its extension)."""
+def read_data_file(path: str | os.PathLike) -> DataFile:
+    """The columns of the data file at ``path``, its format from its extension.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.csv``, ``.tsv``, ``.txt``, ``.npy``, ``.npz`` or ``.parquet`` file.
+
+    Returns
+    -------
+    DataFile
+        Its columns, names and rows, before features and target are chosen.
+
+    Raises
+    ------
+    ValueError
+        For an unknown extension, or a file that cannot be read as a table (named with the
+        column, row and line where it has them).
+    FileNotFoundError
+        When there is no such file.
+    ImportError
+        For a Parquet file without pandas and pyarrow.
+    """
     source = os.fspath(path)
     suffix = os.path.splitext(source)[1].lower()
     if suffix not in FORMATS:
@@ -271,14 +294,55 @@ def read_data_file(path) -> DataFile:
     return _read_text(source, _DELIMITERS[suffix])
 
 
-def read_table(path, target=None, *, ignore=(), drop_missing=False, dtype=np.float64) -> Table:
-    """Features and target of a data file: ``read_data_file(path).table(...)``."""
+def read_table(path: str | os.PathLike, target: str | int | None = None, *, ignore: Iterable[str | int] = (),
+               drop_missing: bool = False, dtype: DTypeLike = np.float64) -> Table:
+    """Features and target of a data file: ``read_data_file(path).table(...)``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.csv``, ``.tsv``, ``.txt``, ``.npy``, ``.npz`` or ``.parquet`` file.
+    target : str, int or None, default None
+        The target column: its name, or its index (negative from the end) in a file without
+        names; in an ``.npz`` archive also another array's name. None: no target.
+    ignore : iterable of str or int, default ()
+        Columns (names or indexes) left out where the file has them.
+    drop_missing : bool, default False
+        Leave out rows with a missing value (``Table.dropped_rows``) instead of refusing them.
+    dtype : dtype, default float64
+        The features' dtype.
+
+    Returns
+    -------
+    Table
+        The features (every other column), the target and the names.
+
+    Raises
+    ------
+    ValueError
+        For a file that cannot be read, a missing target column, a non-numeric feature or
+        missing values (each named with its column and rows).
+    FileNotFoundError
+        When there is no such file.
+    ImportError
+        For a Parquet file without pandas and pyarrow.
+    """
     return read_data_file(path).table(target, ignore=ignore, drop_missing=drop_missing, dtype=dtype)
 
 
-def parquet_pandas():
-    """pandas, once pyarrow (its Parquet engine) is importable too; else an ImportError that
-    says what to install."""
+def parquet_pandas() -> ModuleType:
+    """pandas, once pyarrow (its Parquet engine) is importable too.
+
+    Returns
+    -------
+    module
+        The ``pandas`` module.
+
+    Raises
+    ------
+    ImportError
+        Saying what to install, when either is missing.
+    """
     try:
         import pandas
         import pyarrow  # noqa: F401  (pandas' Parquet engine)

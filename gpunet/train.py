@@ -19,8 +19,10 @@ error. The model is used through its public training interface only (``MLP``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +38,11 @@ from .optim import make_optimizer
 from .schedules import as_early_stopping, as_schedule
 from .step_graph import StepGraph, graphs_wanted
 from .validation import Learned, check_bool, check_int, check_real, check_sample_weight
+from . import checkpoint
+from .callbacks import Callback, EarlyStoppingCallback, check_callbacks, progress_callback, wants_batch_hooks
 
-__all__ = ["fit", "History", "TrainingDiverged", "TrainingStep", "FitPlan", "prepare", "batches", "run_epoch",
-           "evaluate"]
+__all__ = ["fit", "History", "TrainingDiverged", "TrainingInterrupted", "TrainingRun", "TrainingStep", "FitPlan",
+           "prepare", "batches", "run_epoch", "record_epoch", "evaluate"]
 
 log = logging.getLogger("gpunet")
 
@@ -47,7 +51,7 @@ class TrainingDiverged(FloatingPointError):
     """The loss or gradient became NaN or infinite; the model holds the last good parameters."""
 
 
-class History(dict):
+class History(dict, Callback):
     """Per-epoch records: ``history["loss"]``, ``history["accuracy"]`` (or ``"r2"``), and
     ``"val_loss"``/``"val_accuracy"`` with validation data; ``history["time"]`` in seconds;
     ``history["lr"]`` the learning rate of each epoch's last step.
@@ -71,6 +75,21 @@ class History(dict):
         last = {k: v[-1] for k, v in self.items() if v}
         return f"History(epochs={self.epochs}, last={last})"
 
+    @classmethod
+    def for_plan(cls, plan) -> "History":
+        """An empty history with the keys a fit of ``plan`` records."""
+        history = cls(loss=[], **{plan.metric: []}, time=[])
+        if plan.validation is not None:
+            history["val_loss"], history[f"val_{plan.metric}"] = [], []
+        history["lr"] = []
+        return history
+
+    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
+        for key, value in logs.items():
+            self.setdefault(key, []).append(value)
+
+    __hash__ = object.__hash__      # a callback among others (dict's would be None)
+
 
 # ---- phase 1: prepare ------------------------------------------------------------------------
 @dataclass
@@ -83,10 +102,9 @@ class FitPlan:
     optimizer: Any
     clip_norm: float | None
     shuffle: bool
-    progress: bool
     schedule: Any
     base_lr: float | None
-    stopper: Any
+    callbacks: list           # gpunet.callbacks.Callback: progress, early stopping, the caller's
     x: Any                    # (N, n_0) backend array (None when a feed gives the batches)
     targets: Any              # (N,) labels or (N, K), backend
     weights: Any              # (N,) backend array of weight ratios, or None
@@ -96,6 +114,7 @@ class FitPlan:
     metric: str
     learned: Any = None       # labels, feature names and input scaling the model will have (MLP.learnable)
     feed: Any = None          # gpunet.feeds.RowsFeed or StreamFeed: batches made on the host
+    resume: Any = None        # gpunet.checkpoint.Checkpoint to continue from, or None
 
     @property
     def n(self):
@@ -133,21 +152,22 @@ class FitPlan:
 
 
 def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm, validation_data, shuffle,
-            progress, optimizer, schedule, early_stopping, sample_weight, host_batches=None) -> FitPlan:
+            progress, optimizer, schedule, early_stopping, sample_weight, host_batches=None, verbose=None,
+            callbacks=None, resume_from=None) -> FitPlan:
     """Check every argument of ``fit`` and move the data to the model's backend."""
     epochs = check_int("epochs", epochs, low=0)
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer (or None for full batch), got {batch_size}")
-    if optimizer is None or isinstance(optimizer, str):
-        optimizer = _optimizer_by_name("sgd" if optimizer is None else optimizer, lr, momentum, nesterov)
-    elif not hasattr(optimizer, "step"):
-        raise TypeError(f"optimizer must have a step() method, got {type(optimizer).__name__}")
+    optimizer = _optimizer_for(optimizer, lr, momentum, nesterov)
     if clip_norm is not None:
         clip_norm = check_real("clip_norm", clip_norm, low=0.0, low_open=True)
     shuffle = check_bool("shuffle", shuffle)
     progress = check_bool("progress", progress)
+    shown = progress_callback(("auto" if progress else 0) if verbose is None else verbose)
+    callbacks = check_callbacks(callbacks)
+    resume = None if resume_from is None else checkpoint.load(resume_from, net, optimizer)
 
     data = _training_data(net, X, y, sample_weight, batch_size, shuffle, epochs, host_batches)
     validation = _check_validation(net, validation_data, data["learned"])
@@ -161,10 +181,42 @@ def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm,
                          "pass BatchStream(..., n_batches=...)")
     stopper = as_early_stopping(early_stopping)
     if stopper is not None:
-        _check_monitor(stopper.monitor, net.is_classifier, validation is not None)
-    return FitPlan(epochs=epochs, optimizer=optimizer, clip_norm=clip_norm, shuffle=shuffle, progress=progress,
-                   schedule=schedule, base_lr=base_lr, stopper=stopper, validation=validation,
-                   metric=metric_name(net.is_classifier), **data)
+        callbacks.insert(0, EarlyStoppingCallback(stopper))
+    # early stoppings first: a checkpoint or a log written at an epoch's end sees their verdict
+    callbacks.sort(key=lambda c: not isinstance(c, EarlyStoppingCallback))
+    for c in callbacks:
+        if isinstance(c, EarlyStoppingCallback):
+            _check_monitor(c.stopper.monitor, net.is_classifier, validation is not None)
+    if shown is not None:
+        callbacks.append(shown)            # last: it shows what the others noted
+    if resume is not None:
+        resume.check_plan(epochs, callbacks)
+    return FitPlan(epochs=epochs, optimizer=optimizer, clip_norm=clip_norm, shuffle=shuffle,
+                   schedule=schedule, base_lr=base_lr, callbacks=callbacks, validation=validation,
+                   metric=metric_name(net.is_classifier), resume=resume, **data)
+
+
+_SGD_DEFAULTS = {"lr": 0.01, "momentum": 0.0, "nesterov": False}
+
+
+def _optimizer_for(optimizer, lr, momentum, nesterov):
+    """The optimizer ``fit`` uses: built from a name (or SGD) with ``lr``, ``momentum`` and
+    ``nesterov`` (defaults 0.01, 0, False), or the object given, which they must then not
+    contradict (they would otherwise be ignored without a word)."""
+    if optimizer is None or isinstance(optimizer, str):
+        given = {"lr": lr, "momentum": momentum, "nesterov": nesterov}
+        lr, momentum, nesterov = (_SGD_DEFAULTS[k] if v is None else v for k, v in given.items())
+        return _optimizer_by_name("sgd" if optimizer is None else optimizer, lr, momentum, nesterov)
+    if not hasattr(optimizer, "step"):
+        raise TypeError(f"optimizer must have a step() method, got {type(optimizer).__name__}")
+    set_there = {"lr": getattr(optimizer, "lr", None), "momentum": getattr(optimizer, "momentum", None),
+                 "nesterov": getattr(optimizer, "nesterov", None)}
+    for name, value in {"lr": lr, "momentum": momentum, "nesterov": nesterov}.items():
+        if value is not None and value != set_there[name]:
+            raise ValueError(f"fit got {name}={value!r} and the optimizer object {optimizer!r}, whose "
+                             f"{name} is {set_there[name]!r}: set it on the optimizer (fit's {name} configures "
+                             "only the optimizer it builds from a name)")
+    return optimizer
 
 
 def _training_data(net, X, y, sample_weight, batch_size, shuffle, epochs, host_batches) -> dict:
@@ -324,7 +376,7 @@ class TrainingStep:
             if self.net.backend.host_reads_are_free and bool(self.bad):
                 raise TrainingDiverged(
                     f"loss or gradient became non-finite at epoch {self.epoch + 1}, step {self.steps} "
-                    f"(loss={float(loss)}); parameters are those from before that step. "
+                    f"(loss={float(loss)}); the update of that step was not made. "
                     "Try a smaller learning rate or clip_norm.")
             with self._updating:
                 self._update(x.shape[0], lr)
@@ -374,8 +426,8 @@ class TrainingStep:
             if discard is not None:
                 discard()
             raise TrainingDiverged(
-                f"loss or gradient became non-finite during epoch {self.epoch + 1}; parameters are those "
-                "from before the first bad step. Try a smaller learning rate or clip_norm.")
+                f"loss or gradient became non-finite during epoch {self.epoch + 1}; the updates from the first "
+                "bad step on were not made. Try a smaller learning rate or clip_norm.")
         sums = be.to_numpy(self.sums)
         return float(sums[0]), (sums[1] if self.net.is_classifier else sums[2:])
 
@@ -404,9 +456,11 @@ def batches(backend, x, targets, weights, order, batch_size):
         yield batch[0], batch[1], row_scale, batch_weight
 
 
-def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None):
+def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, run=None):
     """One pass over the data in (shuffled) batches, as replays of ``graph`` (a
-    ``StepGraph``) when given; returns the lr of its last step."""
+    ``StepGraph``) when given; returns the lr of its last step. With a ``run``
+    (``TrainingRun``) its batch hooks are called after each step, and the pass stops after
+    the step in flight once an interrupt or a callback asks it to."""
     lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
     step_lr = None if plan.schedule is None else lr
     step.begin_epoch(epoch)
@@ -422,22 +476,19 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None):
     for index, (x, targets, row_scale, batch_weight) in enumerate(epoch_batches):
         if plan.schedule_per_step and index:
             lr = step_lr = plan.lr_for(epoch, index)
-        step(x, targets, row_scale, batch_weight, step_lr)
+        loss = step(x, targets, row_scale, batch_weight, step_lr)
+        if run is not None:
+            if run.batch_hooks:
+                run.notify("on_batch_end", index, loss)
+            if run.interrupt_requested or (run.batch_hooks and run.stop_training):
+                break
     return lr
 
 
 # ---- phase 4: record --------------------------------------------------------------------------
-def new_history(plan: FitPlan) -> History:
-    history = History(loss=[], **{plan.metric: []}, time=[])
-    if plan.validation is not None:
-        history["val_loss"], history[f"val_{plan.metric}"] = [], []
-    history["lr"] = []
-    return history
-
-
-def record_epoch(net, plan: FitPlan, history: History, sums, lr, started) -> dict:
-    """Append the epoch's figures to ``history`` (``started``: its ``perf_counter`` start);
-    returns them."""
+def record_epoch(net, plan: FitPlan, sums, lr, started) -> dict:
+    """The epoch's figures (``started``: its ``perf_counter`` start): what the callbacks get
+    and ``History`` appends."""
     loss_sum, metric_sum = sums
     n, loss_denominator, ss_tot = plan.epoch_totals()
     record = {"loss": loss_sum / loss_denominator, plan.metric: metric_from_sums(metric_sum, n, ss_tot)}
@@ -445,8 +496,6 @@ def record_epoch(net, plan: FitPlan, history: History, sums, lr, started) -> dic
         record["val_loss"], record[f"val_{plan.metric}"] = evaluate(net, *plan.validation)
     record["lr"] = lr
     record["time"] = time.perf_counter() - started
-    for key, value in record.items():
-        history[key].append(value)
     return record
 
 
@@ -462,58 +511,132 @@ def evaluate(net, x, targets):
     return loss, r2_score(be.to_numpy(targets), be.to_numpy(out))
 
 
-class _BestEpoch:
-    """Early stopping's bookkeeping: the monitored value per epoch, and a device copy of the
-    best epoch's parameters when they are to be restored."""
+# ---- the run: what callbacks see, interrupts, divergence ------------------------------------------
+class TrainingRun:
+    """A fit in progress, as its callbacks see it: ``net``, ``history``, ``optimizer``,
+    ``epoch`` (0-based, the current or last one), ``epochs``, ``stop_training`` (set it to
+    stop after this epoch or step), ``interrupted`` and ``diverged`` (how it ended),
+    ``kept`` (which parameters the model holds after an early end), ``resumed_from`` (the
+    checkpoint it continues, or None) and ``save_checkpoint(path)``."""
 
-    def __init__(self, net, stopper):
-        self.net, self.stopper = net, stopper
-        stopper.reset()
-        self.params = net.flat_params.copy() if stopper.restore_best_weights else None
+    def __init__(self, net, plan: FitPlan, history: History, callbacks):
+        self.net, self.plan, self.history, self.callbacks = net, plan, history, callbacks
+        self.optimizer = plan.optimizer
+        self.epochs = plan.epochs
+        self.epoch = 0
+        self.first_epoch = 0
+        self.stop_training = False
+        self.interrupted = False
+        self.interrupt_requested = False
+        self.diverged = False
+        self.kept = "the parameters of its last step"
+        self.resumed_from = None
+        self.batch_hooks = wants_batch_hooks(callbacks)
+        self._epoch_start = self._fit_start = None
 
-    def update(self, history: History, epoch: int) -> bool:
-        """Feed the epoch's value to the stopper, keep the parameters if it is the best so
-        far, note the outcome on ``history``; True when training should stop now."""
-        stopper = self.stopper
-        if stopper.update(epoch + 1, history[stopper.monitor][-1]) and self.params is not None:
-            self.params[...] = self.net.flat_params
-        history.best_epoch, history.best_value = stopper.best_epoch, stopper.best_value
-        if stopper.should_stop:
-            history.stopped_epoch = epoch + 1
-            return True
-        return False
+    def notify(self, hook, *args):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
-    def restore(self):
-        if self.params is not None and self.stopper.best_epoch is not None:
+    def save_checkpoint(self, path):
+        """Write a checkpoint of this run at the end of its current epoch (``gpunet.checkpoint``)."""
+        checkpoint.save(path, self)
+
+    def mark_epoch_start(self):
+        """Keep the parameters the epoch starts from (a device copy, no host read), and
+        those the fit started from: what a diverged fit falls back to."""
+        if self._epoch_start is None:
+            self._fit_start = self.net.flat_params.copy()
+            self._epoch_start = self.net.flat_params.copy()
+        else:
+            self._epoch_start[...] = self.net.flat_params
+
+    def fall_back(self):
+        """After a divergence: the parameters the epoch started from if the model's outputs
+        on (up to 4096 of) the training or validation examples are finite with them, else
+        those the fit started from. The last good step's may be finite yet overflow."""
+        if self._epoch_start is None:
+            return
+        candidates = [(self._epoch_start, f"the parameters it had at the start of epoch {self.epoch + 1}"),
+                      (self._fit_start, "the parameters it had before this fit")]
+        for params, kept in candidates:
             with self.net.writing_parameters():
-                self.net.flat_params[...] = self.params
+                self.net.flat_params[...] = params
+            self.kept = kept
+            if self._outputs_finite():
+                return
+
+    def _outputs_finite(self) -> bool:
+        x = self.plan.x if self.plan.x is not None else (None if self.plan.validation is None
+                                                         else self.plan.validation[0])
+        if x is None:                  # a stream or a memory map without validation data: nothing at hand
+            return True
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self.net.evaluate_outputs(x[:4096])
+        return bool(np.isfinite(self.net.backend.to_numpy(out)).all())
 
 
-def _progress_bar(enabled, epochs):
-    """A tqdm bar over epochs when asked for, tqdm is installed and stderr is a terminal."""
-    if not enabled or epochs == 0:
-        return None
-    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another KeyboardInterrupt) stopped ``fit`` at a step boundary: ``history``
+    holds the epochs that completed and the model keeps the parameters of its last step (the
+    best epoch's with early stopping); ``epoch`` is the 0-based epoch it stopped in."""
+
+    def __init__(self, message, history, epoch):
+        super().__init__(message)
+        self.history, self.epoch = history, epoch
+
+
+@contextlib.contextmanager
+def _stop_at_a_step_boundary(run):
+    """While fit runs in the main thread with Python's default SIGINT handling, Ctrl-C asks
+    the loop to stop after the step in flight; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if run.interrupt_requested:
+            signal.default_int_handler(signum, frame)
+        run.interrupt_requested = True
+    signal.signal(signal.SIGINT, request_stop)
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        log.info("gpunet: install tqdm (pip install 'gpunet[progress]') for a progress bar")
-        return None
-    return tqdm(total=epochs, unit="epoch", dynamic_ncols=True, leave=True)
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _train_epochs(net, plan: FitPlan, run: TrainingRun, step: TrainingStep, graph):
+    """The epochs from ``run.first_epoch``; returns when all ran or the run was stopped."""
+    for epoch in range(run.first_epoch, plan.epochs):
+        run.epoch = epoch
+        started = time.perf_counter()
+        run.mark_epoch_start()
+        run.notify("on_epoch_begin", epoch)
+        lr = run_epoch(net, plan, step, epoch, graph, run)
+        if run.interrupt_requested or run.stop_training:   # stopped within the epoch: not recorded
+            run.interrupted = run.interrupt_requested
+            return
+        record = record_epoch(net, plan, step.end_epoch(), lr, started)
+        run.notify("on_epoch_end", epoch, record)
+        if run.stop_training or run.interrupt_requested:
+            run.interrupted = run.interrupt_requested
+            return
 
 
 # ---- the loop ---------------------------------------------------------------------------------
-def fit(net, X, y=None, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nesterov=False, clip_norm=None,
-        validation_data=None, shuffle=True, progress=True, optimizer=None, schedule=None,
-        early_stopping=None, sample_weight=None, host_batches=None) -> History:
+def fit(net, X, y=None, epochs=10, batch_size=32, lr=None, *, momentum=None, nesterov=None, clip_norm=None,
+        validation_data=None, shuffle=True, progress=True, verbose=None, optimizer=None, schedule=None,
+        early_stopping=None, sample_weight=None, host_batches=None, callbacks=None,
+        resume_from=None) -> History:
     """Train ``net`` in place and return a ``History``.
 
     X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
-    regressors. ``lr``, ``momentum``, ``nesterov`` configure SGD unless an ``optimizer``
-    is given: an object (e.g. ``gpunet.optim.Adam(lr=1e-3)``), whose state then carries
-    over between calls, or a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``) built
-    with ``lr`` (and ``momentum``/``nesterov`` where they apply).
+    regressors. ``lr`` (default 0.01), ``momentum`` (0) and ``nesterov`` (False) configure
+    SGD unless an ``optimizer`` is given: an object (e.g. ``gpunet.optim.Adam(lr=1e-3)``),
+    whose state then carries over between calls and which ``lr``/``momentum``/``nesterov``
+    must then not contradict, or a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``)
+    built with ``lr`` (and ``momentum``/``nesterov`` where they apply).
     ``clip_norm`` rescales the gradient when its global L2 norm exceeds it.
     ``schedule`` (``gpunet.schedules``, or ``f(epoch) -> factor``) scales the optimizer's
     lr per epoch or per step; ``history["lr"]`` holds the lr of each epoch's last step.
@@ -522,7 +645,15 @@ def fit(net, X, y=None, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nest
     ``sample_weight`` (N,) weighs each example's loss: every batch minimises its weighted
     mean ``sum(w l) / sum(w)``, and ``history["loss"]`` is the weighted mean over the epoch
     (accuracy and R^2 stay unweighted, as does the validation data).
-    ``progress`` shows a bar over the epochs (tqdm, when stderr is a terminal).
+
+    ``verbose``: 0 silent, 1 a bar over the epochs where one can be drawn (a terminal, or a
+    notebook through ``tqdm.auto``), 2 a line per epoch on stderr, "auto" (the default unless
+    ``progress=False``) a bar where one can be drawn, else lines. Nothing shown adds a host
+    synchronisation per step on the GPU. ``callbacks``: ``gpunet.callbacks.Callback`` objects
+    (``ModelCheckpoint``, ``CSVLogger``, ``LambdaCallback``, ``EarlyStopping``, your own).
+    ``resume_from``: a checkpoint (``ModelCheckpoint``, ``TrainingRun.save_checkpoint``) of
+    a fit with the same data and arguments; training continues from its epoch to ``epochs``
+    and ends bit for bit where the uninterrupted fit ends.
 
     Data that do not fit in memory: X may be a ``numpy.memmap`` (``np.load(path,
     mmap_mode="r")``), whose batches are read a batch of rows at a time in the shuffled order
@@ -534,32 +665,46 @@ def fit(net, X, y=None, epochs=10, batch_size=32, lr=0.01, *, momentum=0.0, nest
 
     Every argument is checked before the model is touched. The model is claimed for the
     whole call: a second ``fit`` of it (from any thread) raises RuntimeError, and other
-    threads' inference sees the parameters between two optimizer steps.
+    threads' inference sees the parameters between two optimizer steps. Ctrl-C stops at a
+    step boundary and raises ``TrainingInterrupted`` (a KeyboardInterrupt carrying the
+    history); a non-finite loss raises ``TrainingDiverged``; in both cases the model keeps
+    usable parameters (the best epoch's with early stopping; after a divergence otherwise
+    those the diverging epoch started from).
     """
     plan = prepare(net, X, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                    clip_norm=clip_norm, validation_data=validation_data, shuffle=shuffle, progress=progress,
                    optimizer=optimizer, schedule=schedule, early_stopping=early_stopping,
-                   sample_weight=sample_weight, host_batches=host_batches)
+                   sample_weight=sample_weight, host_batches=host_batches, verbose=verbose, callbacks=callbacks,
+                   resume_from=resume_from)
     with net.training():
         net.classes, net.feature_names, net.input_scaling = plan.learned   # what the data told, once checked
-        history = new_history(plan)
+        history = History.for_plan(plan)
+        run = TrainingRun(net, plan, history, [history, *plan.callbacks])
         step = TrainingStep(net, plan.optimizer, plan.clip_norm)
-        graph = StepGraph(step, plan) if graphs_wanted(net, plan.optimizer, plan) else None
-        best = None if plan.stopper is None else _BestEpoch(net, plan.stopper)
-        bar = _progress_bar(plan.progress, plan.epochs)
-        try:
-            for epoch in range(plan.epochs):
-                started = time.perf_counter()
-                lr = run_epoch(net, plan, step, epoch, graph)
-                record = record_epoch(net, plan, history, step.end_epoch(), lr, started)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "time"}, refresh=False)
-                    bar.update(1)
-                if best is not None and best.update(history, epoch):
-                    break
-            if best is not None:
-                best.restore()
-        finally:
-            if bar is not None:
-                bar.close()
+        if plan.resume is not None:
+            checkpoint.restore(plan.resume, run)
+        graph = StepGraph(step, plan) if not run.batch_hooks and graphs_wanted(net, plan.optimizer, plan) else None
+        with _stop_at_a_step_boundary(run):
+            _run_to_the_end(net, plan, run, step, graph)
     return history
+
+
+def _run_to_the_end(net, plan, run, step, graph):
+    """The epochs with the callbacks' begin and end around them, however they end."""
+    try:
+        run.notify("on_train_begin")
+        _train_epochs(net, plan, run, step, graph)
+    except TrainingDiverged as exc:
+        run.diverged = True
+        run.fall_back()
+        diverged = exc
+    except KeyboardInterrupt:             # a second Ctrl-C, or fit outside the main thread
+        run.interrupted = True
+    finally:
+        run.notify("on_train_end")
+    if run.diverged:
+        # the parameters of the last good step may be finite yet overflow at inference
+        raise TrainingDiverged(f"{diverged} The model keeps {run.kept}.") from None
+    if run.interrupted:
+        raise TrainingInterrupted(f"training interrupted in epoch {run.epoch + 1}; {len(run.history['loss'])} "
+                                  f"epoch(s) completed, the model keeps {run.kept}", run.history, run.epoch)

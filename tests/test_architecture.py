@@ -25,11 +25,11 @@ LAYERS = [
                                     "gpunet.cuda.sources", "gpunet.cuda.launch"}),
     ("backends", {"gpunet.numpy_backend", "gpunet.cupy_backend", "gpunet.backend"}),
     ("checks and training parts", {"gpunet.validation", "gpunet.losses", "gpunet.optim", "gpunet.schedules",
-                                   "gpunet.data", "gpunet.tables"}),
-    ("the fit loop", {"gpunet.train", "gpunet.step_graph", "gpunet.feeds"}),
+                                   "gpunet.data", "gpunet.tables", "gpunet.callbacks"}),
+    ("the fit loop", {"gpunet.train", "gpunet.step_graph", "gpunet.feeds", "gpunet.checkpoint"}),
     ("the model", {"gpunet.mlp", "gpunet.gradcheck"}),
     ("front ends", {"gpunet", "gpunet.sklearn", "gpunet.diagnostics", "gpunet.recipes", "gpunet.cli",
-                    "gpunet.bench", "gpunet.plot"}),
+                    "gpunet.bench", "gpunet.plot", "gpunet.onnx_export"}),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 
@@ -217,11 +217,19 @@ def test_r2_is_computed_in_one_place():
     assert homes == ["gpunet.metrics"]
 
 
+def _code_lines(node) -> int:
+    """A function's lines, its docstring left out (a numpydoc docstring is long by design)."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:] or body
+    return node.end_lineno - body[0].lineno + 2      # the def line and the body
+
+
 def test_fit_phases_are_short():
-    """fit in named phases, none over ~60 lines."""
+    """fit in named phases, none over ~60 lines of code."""
     tree = TREES["gpunet.train"]
-    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
-               if isinstance(node, ast.FunctionDef)}
+    lengths = {node.name: _code_lines(node) for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
     assert {"fit", "prepare", "run_epoch", "record_epoch", "__call__"} <= set(lengths)
     long = {name: n for name, n in lengths.items() if n > 60}
     assert not long, f"functions over 60 lines in train.py: {long}"

@@ -123,8 +123,10 @@ def test_train_as_a_process_prints_accuracy_and_saves(tmp_path):
                           "--batch-size", "64", "--save", str(model)])
     assert result.returncode == 0, result.stderr
     assert 0.0 <= reported(result.stdout, "test accuracy") <= 1.0
-    # stderr is no terminal here, so no progress bar even without --no-progress
-    assert result.stderr == ""
+    # stderr is no terminal here: no bar, but a line per epoch (progress shows by default)
+    lines = result.stderr.splitlines()
+    assert [line.split()[:2] for line in lines] == [["epoch", f"{k}/3"] for k in (1, 2, 3)], result.stderr
+    assert all("loss=" in line and "val_accuracy=" in line for line in lines)
     assert gn.MLP.load(model).sizes == [2, 16, 8, 3]
 
 
@@ -228,3 +230,79 @@ def test_info_as_a_process_reports_the_environment_backend():
     assert result.returncode == 0, result.stderr
     assert re.search(r"^backend\s+numpy\b", result.stdout, re.MULTILINE)
     assert "gpu" in result.stdout
+
+
+# ---- discoverability: --version and the defaults in --help ---------------------------------------------
+def help_of(argv, capsys) -> str:
+    """``gpunet <argv> --help``'s text."""
+    code, out, err = run_main([*argv, "--help"], capsys)
+    assert code == 0, err
+    return out
+
+
+def option_help(help_text, option) -> str:
+    """What the help says about ``option``, its line wrapping undone: the entry that starts
+    with it (argparse indents entries by two spaces, their wrapped lines further)."""
+    lines = help_text.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(rf"^  {re.escape(option)}\b", line)]
+    assert starts, f"no entry for {option} in:\n{help_text}"
+    entry = [lines[starts[0]]]
+    for line in lines[starts[0] + 1:]:
+        if not line.startswith("   "):        # the next entry, a blank line or a section title
+            break
+        entry.append(line)
+    return " ".join(" ".join(entry).split())
+
+
+def test_version_prints_the_package_version(capsys):
+    code, out, err = run_main(["--version"], capsys)
+    assert code == 0, err
+    assert out == f"gpunet {gn.__version__}\n"
+
+
+def test_version_as_a_process():
+    result = run_process(["--version"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"gpunet {gn.__version__}"
+
+
+def test_train_help_shows_the_defaults(capsys):
+    text = help_of(["train"], capsys)
+    assert "(default: 40)" in option_help(text, "--epochs")
+    assert "(default: 32)" in option_help(text, "--batch-size")
+    assert "(default: 0.9)" in option_help(text, "--momentum")
+    assert "(default: 0.02)" in option_help(text, "--lr")
+    assert "(default: 256)" in option_help(text, "--hidden")        # a list's items, not "[256]"
+    assert "(default: digits)" in option_help(text, "--dataset")
+    assert "(default: 0.2)" in option_help(text, "--test-size")
+    assert "default" not in option_help(text, "--nesterov")         # flags are off unless given
+    assert "(default: None)" not in " ".join(text.split())         # None means "not given": said in words
+
+
+@pytest.mark.parametrize("command, option, default", [
+    ("predict", "-o", "(default: CSV on stdout)"),
+    ("predict", "--backend", "(default: GPUNET_BACKEND if set, else auto)"),
+    ("evaluate", "--target", "(default: the one the model was trained on)"),
+    ("evaluate", "--backend", "(default: GPUNET_BACKEND if set, else auto)"),
+    ("recipe", "--seeds", "(default: 0)"),
+    ("bench", "--backend", "(default: all)"),
+])
+def test_predict_evaluate_recipe_and_bench_help_show_defaults(capsys, command, option, default):
+    assert default in option_help(help_of([command], capsys), option)
+
+
+def test_every_option_with_a_default_shows_it(capsys):
+    """Whatever option is added later: a value other than None appears in its help."""
+    import argparse
+
+    from gpunet.cli import _build_parser
+
+    (commands,) = [action for action in _build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    for command, parser in commands.choices.items():
+        text = help_of([command], capsys)
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+                continue
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
+            said = option_help(text, action.option_strings[0])
+            assert f"(default: {shown})" in said or "default" in said, (command, action.option_strings, said)

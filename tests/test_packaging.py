@@ -99,6 +99,7 @@ def test_wheel_ships_the_package_modules(wheel_path):
         names = set(archive.namelist())
     for module in sorted((REPO_ROOT / "gpunet").glob("*.py")):
         assert f"gpunet/{module.name}" in names
+    assert "gpunet/py.typed" in names, "type checkers read gpunet's hints only with the py.typed marker"
 
 
 def test_wheel_declares_the_gpunet_command(wheel_path):

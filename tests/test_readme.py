@@ -86,3 +86,40 @@ def test_the_your_own_data_example_runs(tmp_path, monkeypatch):
     net = scope["net"]
     assert net.feature_names == ["a", "b", "c", "d"] and net.classes.tolist() == sorted(set(labels))
     assert set(net.predict(scope["frame"])) <= set(labels)
+
+
+def test_every_schedule_is_shown_with_its_required_arguments_named():
+    """Each schedule of gpunet.schedules appears in the README's code, and every call of one
+    passes the arguments it requires by name (``StepDecay(step_size=10)``, not a bare 10)."""
+    import ast
+    import inspect
+
+    import gpunet.schedules as schedules
+    classes = {name: getattr(schedules, name) for name in schedules.__all__
+               if inspect.isclass(getattr(schedules, name)) and getattr(schedules, name) is not schedules.Schedule}
+    calls = [node for block in _blocks("python") for node in ast.walk(ast.parse(block))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes]
+    assert {call.func.id for call in calls} == set(classes), "a schedule the README does not show"
+    for call in calls:
+        required = [p.name for p in inspect.signature(classes[call.func.id]).parameters.values()
+                    if p.default is inspect.Parameter.empty]
+        named = {keyword.arg for keyword in call.keywords}
+        assert not call.args and set(required) <= named, \
+            f"README: {ast.unparse(call)} should name {', '.join(required)}"
+
+
+def test_the_callbacks_and_resume_example_runs(tmp_path, monkeypatch):
+    import numpy as np
+
+    import gpunet as gn
+    example = next(b for b in _blocks("python") if b.startswith("from gpunet.callbacks import"))
+    rng = np.random.default_rng(0)
+    X, X_val = rng.normal(size=(64, 5)), rng.normal(size=(16, 5))
+    y, y_val = np.arange(64) % 3, np.arange(16) % 3
+    monkeypatch.chdir(tmp_path)
+    net = gn.MLP([5, 8, 3], seed=0)
+    scope = {"net": net, "X": X, "y": y, "X_val": X_val, "y_val": y_val, "gn": gn}
+    exec(compile(example.replace("epochs=30", "epochs=12").replace("ckpt-10", "ckpt-5"), "README.md", "exec"),
+         scope)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-10.npz", "ckpt-5.npz"]
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 13
