@@ -33,48 +33,124 @@ __all__ = ["Callback", "EarlyStopping", "EarlyStoppingCallback", "ModelCheckpoin
 
 
 class Callback:
-    """The hooks ``fit`` calls; each does nothing here. ``logs`` is the epoch's record (what
-    ``History`` appends: ``loss``, the metric, ``val_*``, ``lr``, ``time``)."""
+    """The base of callbacks: the hooks ``fit`` calls, each doing nothing here.
 
-    def on_train_begin(self, run) -> None:
-        """Training starts (after every argument is checked and the model claimed)."""
+    ``logs`` is the epoch's record (what ``History`` appends: ``loss``, the metric,
+    ``val_*``, ``lr``, ``time``)."""
 
-    def on_epoch_begin(self, run, epoch: int) -> None:
-        """Epoch ``epoch`` (0-based) starts."""
+    def on_train_begin(self, run: Any) -> None:
+        """Called once training starts, after every argument is checked and the model claimed.
 
-    def on_batch_end(self, run, batch: int, loss) -> None:
-        """Step ``batch`` (0-based within the epoch) was queued; ``loss`` is a 0-d backend
-        array (reading it synchronises with the GPU)."""
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
 
-    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
-        """Epoch ``epoch`` ended and ``logs`` holds its figures."""
+    def on_epoch_begin(self, run: Any, epoch: int) -> None:
+        """Called when an epoch starts.
 
-    def on_train_end(self, run) -> None:
-        """Training ended: every epoch ran, a callback stopped it, it diverged
-        (``run.diverged``) or it was interrupted (``run.interrupted``)."""
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch (0-based).
+        """
+
+    def on_batch_end(self, run: Any, batch: int, loss: Any) -> None:
+        """Called after each step is queued (only when a callback overrides it; the steps then run eagerly).
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        batch : int
+            The step's index in the epoch (0-based).
+        loss : backend array
+            The step's loss, 0-d on the backend: reading it (``float(loss)``) waits for the GPU.
+        """
+
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
+        """Called when an epoch has ended and its figures are known.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch that ended (0-based).
+        logs : dict
+            Its figures: ``loss``, the metric, ``val_*``, ``lr``, ``time``.
+        """
+
+    def on_train_end(self, run: Any) -> None:
+        """Called once training ends: every epoch ran, a callback stopped it, it diverged (``run.diverged``) or was interrupted (``run.interrupted``).
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
 
 
 class EarlyStoppingCallback(Callback):
-    """``EarlyStopping`` (``gpunet.schedules``) at work in a fit: feeds it each epoch's
+    """An ``EarlyStopping`` (``gpunet.schedules``) at work in a fit.
+
+    It feeds the stopper each epoch's
     monitored value, keeps a device copy of the best epoch's parameters when it is to
     restore them, stops the run, notes the outcome on the History, and at the end (stopped,
     finished, diverged or interrupted) puts the best parameters back. ``fit`` wraps an
-    ``EarlyStopping`` given in ``callbacks`` or as ``early_stopping`` in one of these."""
+    ``EarlyStopping`` given in ``callbacks`` or as ``early_stopping`` in one of these.
 
-    def __init__(self, stopper: EarlyStopping):
+    Parameters
+    ----------
+    stopper : gpunet.schedules.EarlyStopping
+        The rule: what to monitor, the patience, whether to restore the best parameters.
+
+    Raises
+    ------
+    TypeError
+        ``stopper`` is not an ``EarlyStopping``.
+    """
+
+    def __init__(self, stopper: EarlyStopping) -> None:
         if not isinstance(stopper, EarlyStopping):
             raise TypeError(f"EarlyStoppingCallback takes a gpunet.schedules.EarlyStopping, got "
                             f"{type(stopper).__name__}")
         self.stopper = stopper
         self.best_params = None
 
-    def on_train_begin(self, run) -> None:
+    def on_train_begin(self, run: Any) -> None:
+        """Reset the stopper (unless resuming) and make the buffer for the best parameters.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         if run.resumed_from is None:      # a resumed run has its stopper's state from the checkpoint
             self.stopper.reset()
         if self.stopper.restore_best_weights and self.best_params is None:
             self.best_params = run.net.flat_params.copy()
 
-    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
+        """Feed the monitored value to the stopper, keep the best parameters, stop when it says so.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch that ended (0-based).
+        logs : dict
+            Its figures: ``loss``, the metric, ``val_*``, ``lr``, ``time``.
+
+        Raises
+        ------
+        ValueError
+            The monitored key is not among the epoch's figures.
+        """
         stopper, history = self.stopper, run.history
         if stopper.monitor not in logs:
             raise ValueError(f"early stopping monitors {stopper.monitor!r}, which this fit does not record "
@@ -86,34 +162,88 @@ class EarlyStoppingCallback(Callback):
             history.stopped_epoch = epoch + 1
             run.stop_training = True
 
-    def on_train_end(self, run) -> None:
+    def on_train_end(self, run: Any) -> None:
+        """Put the best epoch's parameters back (when kept and any epoch counted).
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         if self.best_params is not None and self.stopper.best_epoch is not None:
             with run.net.writing_parameters():
                 run.net.flat_params[...] = self.best_params
             run.kept = f"the parameters of its best epoch ({self.stopper.best_epoch})"
 
-    def state(self, to_host) -> dict:
-        """The stopper's progress and best parameters, for a checkpoint."""
+    def state(self, to_host: Callable) -> dict:
+        """The stopper's progress and best parameters, for a checkpoint.
+
+        Parameters
+        ----------
+        to_host : callable
+            Copies a backend array to a host NumPy array.
+
+        Returns
+        -------
+        dict
+            ``best_value``, ``best_epoch``, ``wait`` and ``best_params`` (a host array, or
+            None when none is kept yet).
+        """
         stopper = self.stopper
         return {"best_value": stopper.best_value, "best_epoch": stopper.best_epoch, "wait": stopper.wait,
                 "best_params": None if self.best_params is None or stopper.best_epoch is None
                 else to_host(self.best_params)}
 
-    def load_state(self, state, net) -> None:
+    def load_state(self, state: dict, net: Any) -> None:
+        """Take the progress a checkpoint kept (``state``'s shape).
+
+        Parameters
+        ----------
+        state : dict
+            What ``state`` returned, its best parameters a host array or None.
+        net : gpunet.MLP
+            The model whose backend and dtype the best parameters take.
+        """
         stopper = self.stopper
         stopper.best_value, stopper.best_epoch, stopper.wait = state["best_value"], state["best_epoch"], state["wait"]
         if state.get("best_params") is not None:
             self.best_params = net.backend.asarray(state["best_params"], dtype=net.dtype)
 
 
-def wants_batch_hooks(callbacks) -> bool:
-    """Whether any of ``callbacks`` overrides ``on_batch_end``."""
+def wants_batch_hooks(callbacks: list) -> bool:
+    """Whether any of ``callbacks`` has an ``on_batch_end`` of its own.
+
+    Parameters
+    ----------
+    callbacks : list of Callback
+        A fit's callbacks.
+
+    Returns
+    -------
+    bool
+        True when a step must report to them (and so run eagerly, reading its loss).
+    """
     return any(type(c).on_batch_end is not Callback.on_batch_end or "on_batch_end" in vars(c) for c in callbacks)
 
 
-def check_callbacks(callbacks) -> list:
-    """A list of ``Callback`` objects from None, one, or an iterable of them (an
-    ``EarlyStopping`` among them is wrapped in an ``EarlyStoppingCallback``)."""
+def check_callbacks(callbacks: Any) -> list:
+    """The callbacks a fit was given, checked.
+
+    Parameters
+    ----------
+    callbacks : None, Callback, EarlyStopping or iterable of them
+        What ``fit(callbacks=...)`` got.
+
+    Returns
+    -------
+    list of Callback
+        A new list; an ``EarlyStopping`` among them wrapped in an ``EarlyStoppingCallback``.
+
+    Raises
+    ------
+    TypeError
+        Something that is not a callback (a plain function must be wrapped in ``LambdaCallback``).
+    """
     if callbacks is None:
         return []
     if isinstance(callbacks, (Callback, EarlyStopping)):
@@ -135,12 +265,22 @@ def check_callbacks(callbacks) -> list:
 
 
 class LambdaCallback(Callback):
-    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda run, epoch, logs: ...)``;
-    each argument takes the hook's arguments."""
+    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda run, epoch, logs: ...)``.
+
+    Parameters
+    ----------
+    on_train_begin, on_epoch_begin, on_batch_end, on_epoch_end, on_train_end : callable, optional
+        Each called as the hook of its name, with the hook's arguments (see ``Callback``).
+
+    Raises
+    ------
+    TypeError
+        An argument that is not callable.
+    """
 
     def __init__(self, on_train_begin: Callable | None = None, on_epoch_begin: Callable | None = None,
                  on_batch_end: Callable | None = None, on_epoch_end: Callable | None = None,
-                 on_train_end: Callable | None = None):
+                 on_train_end: Callable | None = None) -> None:
         given = {"on_train_begin": on_train_begin, "on_epoch_begin": on_epoch_begin, "on_batch_end": on_batch_end,
                  "on_epoch_end": on_epoch_end, "on_train_end": on_train_end}
         for name, fn in given.items():
@@ -151,18 +291,41 @@ class LambdaCallback(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Write a checkpoint (``run.save_checkpoint``: parameters, optimizer state, history,
-    schedule position, early-stopping state and the shuffle RNG) at the end of every
-    ``every`` epochs, or, with ``monitor``, when that metric improves.
+    """Write checkpoints to resume from during a fit.
+
+    A checkpoint (``run.save_checkpoint``) holds the parameters, optimizer state, history,
+    schedule position, early-stopping state and the shuffle RNG; one is written at the end
+    of every ``every`` epochs, or, with ``monitor``, when that metric improves.
 
     ``path`` may hold ``{epoch}`` (1-based) and any history key of the epoch, as in
     ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``. Each write is atomic (a temporary file renamed
     over the target), so a crash leaves the previous checkpoint whole. ``weights_only``
-    writes a plain model file instead (``MLP.save``). ``run.checkpoint_path`` holds the
-    last file written."""
+    writes a plain model file instead (``MLP.save``). ``last_path`` holds the last file
+    written.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where to write, a format string with ``{epoch}`` and the history's keys.
+    every : int, default 1
+        Write at the end of every ``every`` epochs (without ``monitor``).
+    monitor : str, optional
+        A history key (``"val_loss"``...): write when it improves instead.
+    mode : {"auto", "min", "max"}, default "auto"
+        Whether ``monitor`` improves downwards; "auto": for keys ending in ``loss``.
+    weights_only : bool, default False
+        Write a model file (``MLP.save``), not a resumable checkpoint.
+
+    Raises
+    ------
+    ValueError
+        An empty path, a folder that does not exist, or a bad ``every`` or ``mode``.
+    TypeError
+        ``every`` is not an int or ``weights_only`` not a bool.
+    """
 
     def __init__(self, path: str | os.PathLike, every: int = 1, monitor: str | None = None, mode: str = "auto",
-                 weights_only: bool = False):
+                 weights_only: bool = False) -> None:
         self.path = os.fspath(path)
         if not self.path:
             raise ValueError("ModelCheckpoint needs a path")
@@ -177,10 +340,17 @@ class ModelCheckpoint(Callback):
         self.best = None
         self.last_path = None
 
-    def on_train_begin(self, run) -> None:
+    def on_train_begin(self, run: Any) -> None:
+        """Forget the best value of an earlier fit.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         self.best = None
 
-    def _improved(self, value) -> bool:
+    def _improved(self, value: float) -> bool:
         if value is None or math.isnan(value):
             return False
         minimize = self.monitor.endswith("loss") if self.mode == "auto" else self.mode == "min"
@@ -189,7 +359,23 @@ class ModelCheckpoint(Callback):
             self.best = value
         return better
 
-    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
+        """Write the checkpoint when the epoch is due or the monitored metric improved.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch that ended (0-based).
+        logs : dict
+            Its figures: ``loss``, the metric, ``val_*``, ``lr``, ``time``.
+
+        Raises
+        ------
+        ValueError
+            The monitored key is not among the epoch's figures.
+        """
         if self.monitor is not None:
             if self.monitor not in logs:
                 raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which this fit does not record "
@@ -207,18 +393,39 @@ class ModelCheckpoint(Callback):
 
 
 class CSVLogger(Callback):
-    """One CSV row per epoch (the epoch, 1-based, then its figures), flushed as it is written,
-    so the file can be followed while training runs. ``append`` continues an existing file
-    (a resumed run) instead of starting it over."""
+    """Log each epoch's figures to a CSV file.
 
-    def __init__(self, path: str | os.PathLike, append: bool = False):
+    One row per epoch (the epoch, 1-based, then its figures), flushed as it is written, so
+    the file can be followed while training runs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file.
+    append : bool, default False
+        Continue an existing file (a resumed run) instead of starting it over.
+
+    Raises
+    ------
+    TypeError
+        ``append`` is not a bool.
+    """
+
+    def __init__(self, path: str | os.PathLike, append: bool = False) -> None:
         self.path = os.fspath(path)
         self.append = check_bool("append", append)
         self._file = None
         self._writer = None
         self._columns = None
 
-    def on_train_begin(self, run) -> None:
+    def on_train_begin(self, run: Any) -> None:
+        """Open the file (appending to a resumed run's when asked).
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
         self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")
         self._columns = None
@@ -227,14 +434,32 @@ class CSVLogger(Callback):
                 self._columns = next(csv.reader(existing), None)
         self._writer = csv.writer(self._file)
 
-    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
+        """Write the epoch's row and flush it.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch that ended (0-based).
+        logs : dict
+            Its figures: ``loss``, the metric, ``val_*``, ``lr``, ``time``.
+        """
         if self._columns is None:
             self._columns = ["epoch", *logs]
             self._writer.writerow(self._columns)
         self._writer.writerow([epoch + 1, *(logs.get(c, "") for c in self._columns[1:])])
         self._file.flush()
 
-    def on_train_end(self, run) -> None:
+    def on_train_end(self, run: Any) -> None:
+        """Close the file.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -245,19 +470,42 @@ def _format(logs: dict) -> str:
 
 
 class EpochLogger(Callback):
-    """``verbose=2``: one line per epoch to ``stream`` (stderr by default), for logs, CI and
-    anything else that is not a terminal."""
+    """``verbose=2``: one line per epoch, for logs, CI and anything else that is not a terminal.
 
-    def __init__(self, stream: TextIO | None = None):
+    Parameters
+    ----------
+    stream : file-like, optional
+        Where the lines go (the current ``sys.stderr`` when None).
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
 
-    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
+        """Print the epoch's line.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch that ended (0-based).
+        logs : dict
+            Its figures: ``loss``, the metric, ``val_*``, ``lr``, ``time``.
+        """
         stream = self.stream if self.stream is not None else sys.stderr
         width = len(str(run.epochs))
         print(f"epoch {epoch + 1:>{width}}/{run.epochs}  {_format(logs)}  ({logs.get('time', 0.0):.2f} s)",
               file=stream, flush=True)
 
-    def on_train_end(self, run) -> None:
+    def on_train_end(self, run: Any) -> None:
+        """Print how an early end left the model, when it ended early.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         stream = self.stream if self.stream is not None else sys.stderr
         if run.interrupted:
             print(f"interrupted in epoch {run.epoch + 1}; the model keeps {run.kept}", file=stream, flush=True)
@@ -267,21 +515,48 @@ class EpochLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """``verbose=1``: a tqdm bar over the epochs (``tqdm.auto``: a widget in a notebook, text
-    in a terminal), its postfix the last epoch's figures."""
+    """``verbose=1``: a tqdm bar over the epochs.
 
-    def __init__(self):
+    ``tqdm.auto`` draws a widget in a notebook and text in a terminal; the postfix shows the
+    last epoch's figures."""
+
+    def __init__(self) -> None:
         self._bar = None
 
-    def on_train_begin(self, run) -> None:
+    def on_train_begin(self, run: Any) -> None:
+        """Open the bar (at the resumed epoch when resuming).
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         from tqdm.auto import tqdm
         self._bar = tqdm(total=run.epochs, initial=run.epoch, unit="epoch", dynamic_ncols=True, leave=True)
 
-    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
+        """Advance the bar and show the epoch's figures.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch that ended (0-based).
+        logs : dict
+            Its figures: ``loss``, the metric, ``val_*``, ``lr``, ``time``.
+        """
         self._bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "time"}, refresh=False)
         self._bar.update(1)
 
-    def on_train_end(self, run) -> None:
+    def on_train_end(self, run: Any) -> None:
+        """Close the bar.
+
+        Parameters
+        ----------
+        run : gpunet.train.TrainingRun
+            The fit in progress.
+        """
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -299,7 +574,13 @@ def _in_notebook() -> bool:
 
 
 def bar_can_be_drawn() -> bool:
-    """tqdm is installed and stderr is a terminal, or this runs in a notebook kernel."""
+    """Whether a progress bar can be shown here.
+
+    Returns
+    -------
+    bool
+        tqdm is installed, and stderr is a terminal or this runs in a notebook kernel.
+    """
     try:
         import tqdm  # noqa: F401
     except ImportError:
@@ -308,8 +589,24 @@ def bar_can_be_drawn() -> bool:
 
 
 def progress_callback(verbose: Any) -> Callback | None:
-    """What ``fit(verbose=...)`` shows: 0 nothing, 1 a bar (lines where a bar cannot be
-    drawn), 2 a line per epoch; "auto" a bar where one can be drawn, else lines."""
+    """What ``fit(verbose=...)`` shows.
+
+    Parameters
+    ----------
+    verbose : {0, 1, 2, "auto"}
+        0 nothing, 1 a bar (lines where a bar cannot be drawn), 2 a line per epoch; "auto"
+        a bar where one can be drawn, else lines.
+
+    Returns
+    -------
+    Callback or None
+        A ``ProgressBar``, an ``EpochLogger``, or None for nothing.
+
+    Raises
+    ------
+    ValueError
+        Any other ``verbose``.
+    """
     if verbose == "auto":
         verbose = 1 if bar_can_be_drawn() else 2
     if isinstance(verbose, bool) or verbose not in (0, 1, 2):

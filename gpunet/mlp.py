@@ -1004,6 +1004,37 @@ class MLP:
 
     fit = fit     # gpunet.train.fit(net, X, y, ...) as a method: one signature, one docstring
 
+    def to_onnx(self, path: str | os.PathLike, opset: int | None = None) -> Any:
+        """Write the model as an ONNX graph that ONNX Runtime runs without gpunet.
+
+        Input ``X`` (N, n_0) in the model's dtype; outputs ``probabilities`` and ``label``
+        (what ``predict_proba`` and ``predict`` give) for a classifier, ``outputs`` for a
+        regressor; the input scaling and label values are in the graph
+        (``gpunet.onnx_export``).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The ``.onnx`` file to write.
+        opset : int, optional
+            The ONNX opset (default 17).
+
+        Returns
+        -------
+        onnx.ModelProto
+            The model written.
+
+        Raises
+        ------
+        ImportError
+            The ``onnx`` package is not installed (``pip install 'gpunet[onnx]'``).
+        """
+        try:
+            from .onnx_export import to_onnx
+        except ImportError as exc:
+            raise ImportError(f"MLP.to_onnx needs the onnx package ({exc}): pip install 'gpunet[onnx]'") from None
+        return to_onnx(self, path, opset=opset)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write architecture and parameters to a ``.npz`` file (atomically, no pickle).
 

@@ -20,9 +20,8 @@ Its outputs:
 - a regressor: ``outputs`` (N, n_L), what ``net.forward`` and ``net.predict`` return.
 
 It reads the model's public attributes only, under ``net.reading_parameters()`` (a
-concurrent ``fit`` cannot change the parameters half way through the copy). This module is a
-front end beside ``gpunet.sklearn``: ``MLP`` has no ``to_onnx`` method, because the model
-layer may not import a front end (``docs/architecture.md``).
+concurrent ``fit`` cannot change the parameters half way through the copy), and imports
+nothing of the model: it sits in the model's layer, so ``MLP.to_onnx`` can call it.
 
 Needs the ``onnx`` package (``pip install 'gpunet[onnx]'``); ``import gpunet`` never imports it.
 """
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,7 +37,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .activations import Activation, Exp, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .backend import to_numpy
-from .mlp import MLP
 
 __all__ = ["to_onnx", "build_onnx_model", "DEFAULT_OPSET", "MIN_OPSET"]
 
@@ -128,7 +127,7 @@ def _labels(graph: _GraphBuilder, net, logits: str):
     return "label", elem_type, ["N"]
 
 
-def build_onnx_model(net: MLP, opset: int | None = None) -> onnx.ModelProto:
+def build_onnx_model(net: Any, opset: int | None = None) -> onnx.ModelProto:
     """The ONNX model of ``net`` (see the module docstring), checked by ``onnx.checker``.
 
     Parameters
@@ -204,7 +203,7 @@ def build_onnx_model(net: MLP, opset: int | None = None) -> onnx.ModelProto:
     return model
 
 
-def to_onnx(net: MLP, path: str | os.PathLike, opset: int | None = None) -> onnx.ModelProto:
+def to_onnx(net: Any, path: str | os.PathLike, opset: int | None = None) -> onnx.ModelProto:
     """Write ``net`` as an ONNX model to ``path`` and return the model.
 
     Parameters

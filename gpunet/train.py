@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -48,16 +49,26 @@ log = logging.getLogger("gpunet")
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss or gradient became NaN or infinite; the model holds the last good parameters."""
+    """The loss or gradient became NaN or infinite during ``fit``.
+
+    The model then keeps parameters whose outputs are finite (see ``fit``); the message says
+    which."""
 
 
 class History(dict, Callback):
-    """Per-epoch records: ``history["loss"]``, ``history["accuracy"]`` (or ``"r2"``), and
-    ``"val_loss"``/``"val_accuracy"`` with validation data; ``history["time"]`` in seconds;
-    ``history["lr"]`` the learning rate of each epoch's last step.
+    """Per-epoch records of a ``fit``, and the first of its callbacks.
 
+    ``history["loss"]``, ``history["accuracy"]`` (or ``"r2"``), ``"val_loss"`` and
+    ``"val_accuracy"`` with validation data, ``history["time"]`` in seconds and
+    ``history["lr"]`` the learning rate of each epoch's last step: lists, one entry an epoch.
     With early stopping: ``stopped_epoch`` (1-based epoch after which it stopped; None when
-    every epoch ran), ``best_epoch`` and ``best_value`` of the monitored metric."""
+    every epoch ran), ``best_epoch`` and ``best_value`` of the monitored metric.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As for ``dict``: the records to start from (``fit`` makes it with ``for_plan``).
+    """
 
     stopped_epoch = None
     best_epoch = None
@@ -65,10 +76,24 @@ class History(dict, Callback):
 
     @property
     def stopped_early(self) -> bool:
+        """Whether early stopping ended the fit before its last epoch.
+
+        Returns
+        -------
+        bool
+            True when ``stopped_epoch`` is set.
+        """
         return self.stopped_epoch is not None
 
     @property
     def epochs(self) -> int:
+        """The number of epochs recorded.
+
+        Returns
+        -------
+        int
+            The length of ``history["loss"]``.
+        """
         return len(self.get("loss", []))
 
     def __repr__(self):
@@ -76,15 +101,38 @@ class History(dict, Callback):
         return f"History(epochs={self.epochs}, last={last})"
 
     @classmethod
-    def for_plan(cls, plan) -> "History":
-        """An empty history with the keys a fit of ``plan`` records."""
+    def for_plan(cls, plan: Any) -> "History":
+        """An empty history with the keys a fit of ``plan`` records.
+
+        Parameters
+        ----------
+        plan : FitPlan
+            The checked fit (``prepare``).
+
+        Returns
+        -------
+        History
+            Empty lists under ``loss``, the metric, ``time``, ``val_*`` with validation
+            data, and ``lr``.
+        """
         history = cls(loss=[], **{plan.metric: []}, time=[])
         if plan.validation is not None:
             history["val_loss"], history[f"val_{plan.metric}"] = [], []
         history["lr"] = []
         return history
 
-    def on_epoch_end(self, run, epoch: int, logs: dict) -> None:
+    def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
+        """Append the epoch's figures.
+
+        Parameters
+        ----------
+        run : TrainingRun
+            The fit in progress.
+        epoch : int
+            The epoch that ended (0-based).
+        logs : dict
+            Its figures, by key.
+        """
         for key, value in logs.items():
             self.setdefault(key, []).append(value)
 
@@ -577,11 +625,22 @@ class TrainingRun:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or another KeyboardInterrupt) stopped ``fit`` at a step boundary: ``history``
-    holds the epochs that completed and the model keeps the parameters of its last step (the
-    best epoch's with early stopping); ``epoch`` is the 0-based epoch it stopped in."""
+    """Ctrl-C (or another KeyboardInterrupt) stopped ``fit`` at a step boundary.
 
-    def __init__(self, message, history, epoch):
+    The model keeps the parameters of its last step (the best epoch's with early stopping).
+    A subclass of KeyboardInterrupt, so code that does not catch it stops as on any Ctrl-C.
+
+    Parameters
+    ----------
+    message : str
+        What happened, and what the model keeps.
+    history : History
+        The epochs that completed (the one interrupted is not recorded).
+    epoch : int
+        The epoch it stopped in (0-based).
+    """
+
+    def __init__(self, message: str, history: History, epoch: int) -> None:
         super().__init__(message)
         self.history, self.epoch = history, epoch
 
@@ -625,51 +684,99 @@ def _train_epochs(net, plan: FitPlan, run: TrainingRun, step: TrainingStep, grap
 
 
 # ---- the loop ---------------------------------------------------------------------------------
-def fit(net, X, y=None, epochs=10, batch_size=32, lr=None, *, momentum=None, nesterov=None, clip_norm=None,
-        validation_data=None, shuffle=True, progress=True, verbose=None, optimizer=None, schedule=None,
-        early_stopping=None, sample_weight=None, host_batches=None, callbacks=None,
-        resume_from=None) -> History:
-    """Train ``net`` in place and return a ``History``.
+def fit(net: Any, X: Any, y: Any = None, epochs: int = 10, batch_size: int | None = 32, lr: float | None = None, *,
+        momentum: float | None = None, nesterov: bool | None = None, clip_norm: float | None = None,
+        validation_data: tuple | None = None, shuffle: bool = True, progress: bool = True,
+        verbose: int | str | None = None, optimizer: Any = None, schedule: Any = None, early_stopping: Any = None,
+        sample_weight: Any = None, host_batches: bool | None = None, callbacks: list | None = None,
+        resume_from: str | os.PathLike | None = None) -> History:
+    """Train the model in place by minibatch SGD (or another optimizer) and return its history.
 
-    X (N, n_0); y: labels (N,) or one-hot (N, K) for classifiers, (N, K) targets for
-    regressors. ``lr`` (default 0.01), ``momentum`` (0) and ``nesterov`` (False) configure
-    SGD unless an ``optimizer`` is given: an object (e.g. ``gpunet.optim.Adam(lr=1e-3)``),
-    whose state then carries over between calls and which ``lr``/``momentum``/``nesterov``
-    must then not contradict, or a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``)
-    built with ``lr`` (and ``momentum``/``nesterov`` where they apply).
-    ``clip_norm`` rescales the gradient when its global L2 norm exceeds it.
-    ``schedule`` (``gpunet.schedules``, or ``f(epoch) -> factor``) scales the optimizer's
-    lr per epoch or per step; ``history["lr"]`` holds the lr of each epoch's last step.
-    ``early_stopping`` (True or a ``gpunet.schedules.EarlyStopping``) stops on a stalled
-    per-epoch metric and restores the best epoch's parameters; see ``History``.
-    ``sample_weight`` (N,) weighs each example's loss: every batch minimises its weighted
-    mean ``sum(w l) / sum(w)``, and ``history["loss"]`` is the weighted mean over the epoch
-    (accuracy and R^2 stay unweighted, as does the validation data).
+    Each step is one batched forward and backward pass and one optimizer update; on a GPU
+    nothing in a step reads a value back to the host. Every argument is checked before the
+    model is touched. The model is claimed for the whole call: a second ``fit`` of it (from
+    any thread) raises RuntimeError, and other threads' inference sees the parameters
+    between two optimizer steps. ``MLP.fit`` is this function bound to the model.
 
-    ``verbose``: 0 silent, 1 a bar over the epochs where one can be drawn (a terminal, or a
-    notebook through ``tqdm.auto``), 2 a line per epoch on stderr, "auto" (the default unless
-    ``progress=False``) a bar where one can be drawn, else lines. Nothing shown adds a host
-    synchronisation per step on the GPU. ``callbacks``: ``gpunet.callbacks.Callback`` objects
-    (``ModelCheckpoint``, ``CSVLogger``, ``LambdaCallback``, ``EarlyStopping``, your own).
-    ``resume_from``: a checkpoint (``ModelCheckpoint``, ``TrainingRun.save_checkpoint``) of
-    a fit with the same data and arguments; training continues from its epoch to ``epochs``
-    and ends bit for bit where the uninterrupted fit ends.
+    Parameters
+    ----------
+    net : gpunet.MLP
+        The model (``net.fit(...)`` passes it).
+    X : array-like, pandas.DataFrame, numpy.memmap or gpunet.data.BatchStream
+        Features (N, n_0). A DataFrame's columns are taken by name once the model has learned
+        them; a memory map is checked once in row chunks and read a batch of rows at a time;
+        a ``BatchStream`` (or a function returning an epoch's batches) yields
+        ``(X_batch, y_batch[, w_batch])`` and then y must be None.
+    y : array-like, optional
+        Class labels (N,) (numbers, or strings and booleans the model learns as its
+        ``classes``) or one-hot rows (N, K) for classifiers; targets (N, K) for regressors.
+    epochs : int, default 10
+        The total number of epochs (counted from the first, also when resuming).
+    batch_size : int or None, default 32
+        Examples a step; 1 is per-example SGD, None (or >= N) full batch.
+    lr : float, optional
+        Learning rate of the optimizer fit builds (default 0.01).
+    momentum : float, optional
+        Momentum of the SGD or RMSprop fit builds (default 0).
+    nesterov : bool, optional
+        Nesterov momentum for the SGD fit builds (default False).
+    clip_norm : float, optional
+        Rescale the gradient when its global L2 norm exceeds this.
+    validation_data : (X_val, y_val), optional
+        Evaluated after every epoch (``val_loss`` and ``val_accuracy`` or ``val_r2``).
+    shuffle : bool, default True
+        Draw a new order of the examples every epoch.
+    progress : bool, default True
+        False shows nothing (as ``verbose=0``).
+    verbose : {0, 1, 2, "auto"}, optional
+        0 silent, 1 a bar over the epochs where one can be drawn (a terminal, or a notebook
+        through ``tqdm.auto``), 2 a line per epoch on stderr; "auto" (the default unless
+        ``progress=False``) a bar where one can be drawn, else lines. Nothing shown adds a
+        host synchronisation per step.
+    optimizer : str or gpunet.optim.Optimizer, optional
+        ``"sgd"`` (default), ``"adam"``, ``"adamw"``, ``"rmsprop"`` (built with ``lr``, and
+        ``momentum``/``nesterov`` where they apply), or an object, whose state then carries
+        over between calls and which ``lr``/``momentum``/``nesterov`` must not contradict.
+    schedule : gpunet.schedules.Schedule or callable, optional
+        Scales the optimizer's lr per epoch or per step (``f(epoch) -> factor`` per epoch);
+        ``history["lr"]`` holds the lr of each epoch's last step.
+    early_stopping : bool or gpunet.schedules.EarlyStopping, optional
+        Stop on a stalled per-epoch metric and restore the best epoch's parameters.
+    sample_weight : array-like, optional
+        (N,) weights: every batch minimises ``sum(w l) / sum(w)``; ``history["loss"]`` is
+        the weighted mean over the epoch (the metrics stay unweighted).
+    host_batches : bool, optional
+        Make the batches come from the host a batch at a time (on a GPU, copied while the
+        step before runs) rather than moving the data to the device once. None: memory maps,
+        and arrays larger than half the device's free memory.
+    callbacks : list of gpunet.callbacks.Callback, optional
+        Called at the start and end of training and of each epoch (``ModelCheckpoint``,
+        ``CSVLogger``, ``LambdaCallback``, ``EarlyStopping``, your own).
+    resume_from : str or os.PathLike, optional
+        A checkpoint (``ModelCheckpoint``) of a fit with the same data and arguments:
+        training continues from its next epoch and ends bit for bit where the uninterrupted
+        fit ends.
 
-    Data that do not fit in memory: X may be a ``numpy.memmap`` (``np.load(path,
-    mmap_mode="r")``), whose batches are read a batch of rows at a time in the shuffled order
-    (checked once, in row chunks, before training), or a ``gpunet.data.BatchStream`` (or a
-    function returning an epoch's batches), which yields ``(X_batch, y_batch[, w_batch])``
-    with y None. ``host_batches`` (None: memory maps, and arrays larger than half the
-    device's free memory) makes the batches come from the host a batch at a time (on a
-    GPU, copied while the step before runs) rather than moving the data to the device once.
+    Returns
+    -------
+    History
+        Per-epoch ``loss``, ``accuracy`` or ``r2``, ``val_*``, ``lr`` and ``time``, and with
+        early stopping ``stopped_epoch``, ``best_epoch`` and ``best_value``.
 
-    Every argument is checked before the model is touched. The model is claimed for the
-    whole call: a second ``fit`` of it (from any thread) raises RuntimeError, and other
-    threads' inference sees the parameters between two optimizer steps. Ctrl-C stops at a
-    step boundary and raises ``TrainingInterrupted`` (a KeyboardInterrupt carrying the
-    history); a non-finite loss raises ``TrainingDiverged``; in both cases the model keeps
-    usable parameters (the best epoch's with early stopping; after a divergence otherwise
-    those the diverging epoch started from).
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument or array, named; the model is unchanged.
+    RuntimeError
+        The model is being trained by another ``fit``.
+    TrainingDiverged
+        The loss or gradient became non-finite; the model keeps parameters whose outputs are
+        finite (the best epoch's with early stopping, else the diverging epoch's start, else
+        those from before the fit).
+    TrainingInterrupted
+        Ctrl-C (a KeyboardInterrupt) stopped training at a step boundary; it carries the
+        history, and the model keeps its last step's parameters (the best epoch's with early
+        stopping).
     """
     plan = prepare(net, X, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                    clip_norm=clip_norm, validation_data=validation_data, shuffle=shuffle, progress=progress,

@@ -131,7 +131,7 @@ def _graphed_epochs(monkeypatch, optimizer, schedule=None):
     rng = np.random.default_rng(9)
     X, y, head = _problem(rng, "softmax", n=256)
     net = gn.MLP([12, 32, 4], dtype="float32", seed=0, backend="cupy", **head)
-    plan = prepare(net, X, y, epochs=3, batch_size=64, lr=0.01, momentum=0.0, nesterov=False, clip_norm=None,
+    plan = prepare(net, X, y, epochs=3, batch_size=64, lr=None, momentum=None, nesterov=None, clip_norm=None,
                    validation_data=None, shuffle=True, progress=False, optimizer=optimizer, schedule=schedule,
                    early_stopping=None, sample_weight=None)
     step = TrainingStep(net, plan.optimizer, plan.clip_norm)
@@ -173,7 +173,7 @@ def test_graphs_are_chosen_where_they_win_and_forced_by_the_environment(monkeypa
     def wanted(widths, batch, optimizer, weights=None, backend="cupy"):
         net = gn.MLP(widths, seed=0, backend=backend, **head)
         Xw = rng.normal(size=(64, widths[0])).astype(np.float32)
-        plan = prepare(net, Xw, y, epochs=1, batch_size=batch, lr=0.01, momentum=0.0, nesterov=False,
+        plan = prepare(net, Xw, y, epochs=1, batch_size=batch, lr=None, momentum=None, nesterov=None,
                        clip_norm=None, validation_data=None, shuffle=True, progress=False, optimizer=optimizer,
                        schedule=None, early_stopping=None, sample_weight=weights)
         return graphs_wanted(net, plan.optimizer, plan)

@@ -133,7 +133,8 @@ def test_a_trained_standardised_classifier(tmp_path):
     y = np.where(X[:, 1] > 50, "high", "low")
     net = gn.MLP([N_FEATURES, 16, 2], standardize=True, seed=0)
     net.fit(X, y, epochs=20, batch_size=32, lr=0.05, progress=False)
-    to_onnx(net, tmp_path / "trained.onnx")
+    proto = net.to_onnx(tmp_path / "trained.onnx")          # the method is the module's function
+    assert proto == build_onnx_model(net)
     outputs = _run(tmp_path / "trained.onnx", X)
     np.testing.assert_allclose(outputs["probabilities"], net.predict_proba(X), **TOLERANCE["float32"])
     assert outputs["label"].tolist() == net.predict(X).tolist()
