@@ -41,6 +41,8 @@ CASES = {
     "fit_layouts": "an epoch of fit() on data as users hold it, against the same data C-ordered in the model's dtype",
     "fit_host_batches": "an epoch of fit() from a memory map or a BatchStream, batches streamed from the host, "
                         "against the same data on the device",
+    "distributed": "data-parallel fit steps on 1, 2 and 3 MPI ranks (one global batch): the step and the "
+                   "gradient all-reduce's share of it (the timed figure is the whole job)",
 }
 _IMPL_ORDER = ["gpunet", "fused", "fused-shared", "unfused", "torch-eager", "torch-compile"]
 _TIER_ORDER = ["small", "medium", "large"]
@@ -396,6 +398,11 @@ def render_markdown(rows, machine_info, title="") -> str:
         if any("over_c_order" in r for r in crow):
             columns.append(("layout/C order", lambda r: "" if "over_c_order" not in r else
                             f"{_x(r['over_c_order'])} (C order {fmt_time(r['same_rounds_c_order'])})"))
+        if any("ranks" in r for r in crow):
+            columns[1:1] = [("ranks", lambda r: str(r.get("ranks", "")))]
+            columns.append(("step (median)", lambda r: fmt_time(r.get("step_time"))))
+            columns.append(("all-reduce", lambda r: "" if "allreduce_share" not in r else
+                            f"{fmt_time(r['allreduce_time'])} ({_pct(r['allreduce_share'])} of a step)"))
         if any("source" in r for r in crow):
             columns[1:1] = [("source", lambda r: r.get("source", ""))]
         if any("over_in_device" in r for r in crow):

@@ -384,6 +384,8 @@ class ModelCheckpoint(Callback):
                 return
         elif (epoch + 1) % self.every:
             return
+        if not getattr(run, "writes_files", True):     # a distributed fit: rank 0 writes
+            return
         path = self.path.format(epoch=epoch + 1, **logs)
         if self.weights_only:
             run.net.save(path)
@@ -426,6 +428,8 @@ class CSVLogger(Callback):
         run : gpunet.train.TrainingRun
             The fit in progress.
         """
+        if not getattr(run, "writes_files", True):     # a distributed fit: rank 0 writes
+            return
         exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
         self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")
         self._columns = None
@@ -435,7 +439,7 @@ class CSVLogger(Callback):
         self._writer = csv.writer(self._file)
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict) -> None:
-        """Write the epoch's row and flush it.
+        """Write the epoch's row and flush it (nothing where the file was not opened).
 
         Parameters
         ----------
@@ -446,6 +450,8 @@ class CSVLogger(Callback):
         logs : dict
             Its figures: ``loss``, the metric, ``val_*``, ``lr``, ``time``.
         """
+        if self._file is None:
+            return
         if self._columns is None:
             self._columns = ["epoch", *logs]
             self._writer.writerow(self._columns)

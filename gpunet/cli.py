@@ -114,6 +114,9 @@ def _build_parser():
     t.add_argument("--seed", type=_non_negative_int, default=0,
                    help="seeds the initialisation, the shuffles and the test split")
     _add_backend_argument(t)
+    t.add_argument("--distributed", choices=["auto", "mpi", "nccl"], default=None,
+                   help="train data-parallel on the ranks mpiexec started (each takes a shard of every batch; "
+                        "rank 0 prints and saves): mpi, nccl between GPUs, or auto (default: one process)")
     t.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     t.add_argument("--plot", metavar="PNG", help="write the learning curves (needs matplotlib)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -172,19 +175,27 @@ def _train(args):
     else:
         net, split, summary = _file_setup(args)
     X_train, y_train, X_test, y_test = split
-    print(f"gpunet {gn.__version__} | backend {backend.name} | {summary} | {net}")
+    comm = None
+    if args.distributed:
+        from gpunet import distributed
+        comm = distributed.init(args.distributed, backend=backend)
+        summary += f" | rank {comm.rank} of {comm.size} ({comm.name})"
+    say = print if comm is None or comm.is_main else (lambda *a, **k: None)     # rank 0 alone reports
+    say(f"gpunet {gn.__version__} | backend {backend.name} | {summary} | {net}")
     start = time.perf_counter()
     history = net.fit(X_train, y_train, epochs=args.epochs,
                       batch_size=None if args.full_batch else args.batch_size,
                       lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, clip_norm=args.clip_norm,
                       validation_data=(X_test, y_test) if len(X_test) else None,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, communicator=comm)
     elapsed = time.perf_counter() - start
     metric = "accuracy" if net.is_classifier else "R^2"
-    print(f"trained {args.epochs} epochs in {elapsed:.2f} s")
-    print(f"train {metric}: {net.score(X_train, y_train):.4f}")
+    say(f"trained {args.epochs} epochs in {elapsed:.2f} s")
+    say(f"train {metric}: {net.score(X_train, y_train):.4f}")
     if len(X_test):
-        print(f"test {metric}: {net.score(X_test, y_test):.4f}")
+        say(f"test {metric}: {net.score(X_test, y_test):.4f}")
+    if comm is not None and not comm.is_main:
+        return 0
     if args.save:
         net.save(args.save)
         print(f"saved model to {args.save}")

@@ -58,14 +58,21 @@ class RowsFeed:
         self._uploader = None
 
     def epoch(self, epoch: int):
+        """The epoch's batches in fit's (shuffled) order: what ``batches`` yields."""
+        order = self.net.shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        return self.batches_for(order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size))
+
+    def batches_for(self, index_arrays):
+        """A batch for each array of row indices (non-empty), in turn (a distributed rank's
+        shards, say)."""
         net = self.net
         if self._uploader is None:
             self._uploader = net.backend.batch_uploader()
         uploader = self._uploader
-        order = net.shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         n_features = self.x_rows.shape[1]
-        for start in range(0, self.n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in index_arrays:
+            if idx.shape[0] == 0:
+                continue
             rows = idx.shape[0]
             specs = [((rows, n_features), net.dtype), ((rows, *self.targets.shape[1:]), self.targets.dtype)]
             if self.weights is not None:
@@ -80,7 +87,7 @@ class RowsFeed:
 
     def _rows(self, idx):
         """``x_rows[idx]``, read in file order."""
-        if self.shuffle:
+        if self.shuffle or idx[-1] - idx[0] + 1 != idx.shape[0]:
             sorter = np.argsort(idx, kind="stable")
             rows = np.empty((idx.shape[0], self.x_rows.shape[1]), self.x_rows.dtype)
             rows[sorter] = self.x_rows[idx[sorter]]

@@ -40,7 +40,9 @@ from .schedules import as_early_stopping, as_schedule
 from .step_graph import StepGraph, graphs_wanted
 from .validation import Learned, check_bool, check_int, check_real, check_sample_weight
 from . import checkpoint
-from .callbacks import Callback, EarlyStoppingCallback, check_callbacks, progress_callback, wants_batch_hooks
+from .callbacks import (Callback, EarlyStoppingCallback, EpochLogger, ProgressBar, check_callbacks, progress_callback,
+                        wants_batch_hooks)
+from .distributed import Communicator, fingerprint, params_hash, shard_bounds
 
 __all__ = ["fit", "History", "TrainingDiverged", "TrainingInterrupted", "TrainingRun", "TrainingStep", "FitPlan",
            "prepare", "batches", "run_epoch", "record_epoch", "evaluate"]
@@ -163,6 +165,8 @@ class FitPlan:
     learned: Any = None       # labels, feature names and input scaling the model will have (MLP.learnable)
     feed: Any = None          # gpunet.feeds.RowsFeed or StreamFeed: batches made on the host
     resume: Any = None        # gpunet.checkpoint.Checkpoint to continue from, or None
+    comm: Any = None          # gpunet.distributed.Communicator: this rank's part of a data-parallel fit
+    host_weights: Any = None  # (N,) host weight ratios (a distributed fit shares its batches by them)
 
     @property
     def n(self):
@@ -201,7 +205,7 @@ class FitPlan:
 
 def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm, validation_data, shuffle,
             progress, optimizer, schedule, early_stopping, sample_weight, host_batches=None, verbose=None,
-            callbacks=None, resume_from=None) -> FitPlan:
+            callbacks=None, resume_from=None, communicator=None) -> FitPlan:
     """Check every argument of ``fit`` and move the data to the model's backend."""
     epochs = check_int("epochs", epochs, low=0)
     if batch_size is not None:
@@ -214,6 +218,15 @@ def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm,
     shuffle = check_bool("shuffle", shuffle)
     progress = check_bool("progress", progress)
     shown = progress_callback(("auto" if progress else 0) if verbose is None else verbose)
+    if communicator is not None:
+        if not isinstance(communicator, Communicator):
+            raise TypeError(f"communicator must be a gpunet.distributed.Communicator, got "
+                            f"{type(communicator).__name__}")
+        if as_batch_stream(X) is not None:
+            raise TypeError("a data-parallel fit shards arrays (or memory maps) that every rank holds; "
+                            "a BatchStream is not sharded")
+        if not communicator.is_main:
+            shown = None                   # rank 0 alone shows progress
     callbacks = check_callbacks(callbacks)
     resume = None if resume_from is None else checkpoint.load(resume_from, net, optimizer)
 
@@ -239,9 +252,37 @@ def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm,
         callbacks.append(shown)            # last: it shows what the others noted
     if resume is not None:
         resume.check_plan(epochs, callbacks)
-    return FitPlan(epochs=epochs, optimizer=optimizer, clip_norm=clip_norm, shuffle=shuffle,
+    plan = FitPlan(epochs=epochs, optimizer=optimizer, clip_norm=clip_norm, shuffle=shuffle,
                    schedule=schedule, base_lr=base_lr, callbacks=callbacks, validation=validation,
-                   metric=metric_name(net.is_classifier), resume=resume, **data)
+                   metric=metric_name(net.is_classifier), resume=resume, comm=communicator, **data)
+    if communicator is not None:
+        _check_ranks_agree(net, plan, X, y, sample_weight, validation_data)
+    return plan
+
+
+def _check_ranks_agree(net, plan, X, y, sample_weight, validation_data):
+    """Refuse, on every rank alike, a data-parallel fit whose ranks differ in the model, its
+    parameters or shuffle state, the data, or the fit's arguments; the message names what."""
+    comm = plan.comm
+    config = {k: v for k, v in net.config().items() if k != "metadata"}
+    for key, value in config.items():
+        comm.check_same(f"the model's {key}", value)
+    facts = {
+        "the model's parameters": params_hash(net.flat_params, net.backend),
+        "the shuffle generator's state": repr(net.shuffle_rng.bit_generator.state),
+        "the number of examples": plan.n,
+        "the features (sampled rows)": fingerprint(X if isinstance(X, np.ndarray) else np.asarray(X)),
+        "the targets (sampled)": None if y is None else fingerprint(np.asarray(y)),
+        "the sample weights": None if sample_weight is None else fingerprint(np.asarray(sample_weight)),
+        "the validation data": None if validation_data is None else
+        tuple(fingerprint(np.asarray(part)) for part in validation_data),
+        "batch_size, epochs, shuffle, clip_norm": (plan.batch_size, plan.epochs, plan.shuffle, plan.clip_norm),
+        "the optimizer": repr(plan.optimizer),
+        "the schedule": repr(plan.schedule),
+        "the callbacks": [type(c).__name__ for c in plan.callbacks if not isinstance(c, (ProgressBar, EpochLogger))],
+    }
+    for what, value in facts.items():
+        comm.check_same(what, value)
 
 
 _SGD_DEFAULTS = {"lr": 0.01, "momentum": 0.0, "nesterov": False}
@@ -285,6 +326,7 @@ def _training_data(net, X, y, sample_weight, batch_size, shuffle, epochs, host_b
     be, n = net.backend, x_host.shape[0]
     batch_size = n if batch_size is None else min(batch_size, n)
     data = dict(batch_size=batch_size, learned=learned, x=None, targets=None, weights=None, feed=None,
+                host_weights=w_host,
                 loss_denominator=float(n if w_host is None else w_host.sum()),
                 # R^2 from running sums needs the targets' spread, once
                 ss_tot=None if net.is_classifier else total_sum_of_squares(y_host))
@@ -324,7 +366,7 @@ def _stream_data(net, stream, y, sample_weight, epochs) -> dict:
         raise ValueError("standardize=True learns the scaling from the whole data before training, which a "
                          "stream cannot give: pass MLP(input_scaling=gpunet.scaling.InputScaling.learn(sample))")
     learned = Learned(net.classes, net.feature_names, net.input_scaling)
-    return dict(batch_size=None, learned=learned, x=None, targets=None, weights=None,
+    return dict(batch_size=None, learned=learned, x=None, targets=None, weights=None, host_weights=None,
                 feed=StreamFeed(net, stream, learned), loss_denominator=None, ss_tot=None)
 
 
@@ -378,12 +420,19 @@ class TrainingStep:
     write lock, so concurrent readers see them before or after the update. On the device it
     reads nothing back: the flag, the factor and the sums stay there until ``end_epoch``.
     Where reads are free (the CPU) a bad step raises at once.
+
+    With a ``communicator`` (``gpunet.distributed``) the step is one rank's share of a global
+    batch: its gradient, scaled by the share (``share``: its rows' or weights' part of the
+    batch), is summed across the ranks before the finish, so every rank updates with the
+    global batch's gradient; a rank with no rows in a batch takes part with zeros.
     """
 
-    def __init__(self, net, optimizer, clip_norm=None):
+    def __init__(self, net, optimizer, clip_norm=None, communicator=None):
         self.net = net
         self.optimizer = optimizer
         self.clip_norm = clip_norm
+        self.comm = communicator
+        self._zero_grads = self._zero_loss = None
         self._buffers = {}
         self._updating = net.writing_parameters()   # reusable: no allocation per step
         self._n_decay = net.n_weights
@@ -415,20 +464,38 @@ class TrainingStep:
             buffers = self._buffers[rows] = (self.net.workspace(rows), hits)
         return buffers
 
-    def __call__(self, x, targets, row_scale=None, batch_weight=None, lr=None):
+    def __call__(self, x, targets, row_scale=None, batch_weight=None, lr=None, share=1.0):
         """One step on the batch (x, targets) with per-example ``row_scale`` (and their sum
-        ``batch_weight``; default the batch size); ``lr`` overrides the optimizer's rate."""
+        ``batch_weight``; default the batch size); ``lr`` overrides the optimizer's rate.
+        Distributed: ``share`` is this rank's part of the global batch, and ``x`` None when
+        it has no rows of it."""
         self.steps += 1
         with np.errstate(over="ignore", invalid="ignore"):
-            loss = self._gradients(x, targets, row_scale, batch_weight)
+            if x is None:
+                loss, grads = self._no_rows()
+            else:
+                loss = self._gradients(x, targets, row_scale, batch_weight, share)
+                grads = self._buffers[x.shape[0]][0].flat_grads
             if self.net.backend.host_reads_are_free and bool(self.bad):
                 raise TrainingDiverged(
                     f"loss or gradient became non-finite at epoch {self.epoch + 1}, step {self.steps} "
                     f"(loss={float(loss)}); the update of that step was not made. "
                     "Try a smaller learning rate or clip_norm.")
             with self._updating:
-                self._update(x.shape[0], lr)
+                self._update(grads, lr)
         return loss
+
+    def _no_rows(self):
+        """A rank's part of a global batch that has no rows for it: zeros to the sum."""
+        be, net = self.net.backend, self.net
+        if self._zero_grads is None:
+            self._zero_grads = be.zeros(net.n_params, net.dtype)
+            self._zero_loss = be.zeros((), net.dtype)
+        self._zero_grads.fill(0)
+        self.comm.allreduce_sum(self._zero_grads, be)
+        be.finish_step(self._zero_loss, self._zero_grads, self.sums, self.bad, self.scale, batch_weight=0.0,
+                       clip_norm=self.clip_norm, hits=None)
+        return self._zero_loss, self._zero_grads
 
     def device_step(self, x, targets, step_table):
         """The step's device work alone, for a CUDA graph to capture (``gpunet.step_graph``):
@@ -436,17 +503,22 @@ class TrainingStep:
         reads its per-step scalars from ``step_table``."""
         with np.errstate(over="ignore", invalid="ignore"):
             self._gradients(x, targets, None, None)
-            self._update(x.shape[0], None, step_table)
+            self._update(self._buffers[x.shape[0]][0].flat_grads, None, step_table)
 
     def updating(self):
         """The model's write lock, held around an update (reusable)."""
         return self._updating
 
-    def _gradients(self, x, targets, row_scale, batch_weight):
-        """Forward and backward pass, then the finish: flag, clip factor, running sums."""
+    def _gradients(self, x, targets, row_scale, batch_weight, share=1.0):
+        """Forward and backward pass (and, distributed, the sum across ranks), then the
+        finish: flag, clip factor, running sums."""
         net, be = self.net, self.net.backend
         ws, hits = self._buffers.get(x.shape[0]) or self._buffers_for(x.shape[0])
         loss = net.loss_and_grad_into(x, targets, ws, row_scale=row_scale, include_decay=False, hits=hits)
+        if self.comm is not None:
+            if share != 1.0:
+                ws.flat_grads *= share
+            self.comm.allreduce_sum(ws.flat_grads, be)
         be.finish_step(loss, ws.flat_grads, self.sums, self.bad, self.scale,
                        batch_weight=x.shape[0] if batch_weight is None else batch_weight,
                        clip_norm=self.clip_norm, hits=hits)
@@ -454,13 +526,12 @@ class TrainingStep:
             net.loss_fn.add_squared_errors(be, ws.output, targets, self.sums[2:])
         return loss
 
-    def _update(self, rows, lr, step_table=None):
+    def _update(self, grads, lr, step_table=None):
         net = self.net
-        ws = self._buffers[rows][0]
         # an optimizer of the user's may take neither: each is passed only when it is set
         extra = self._no_options if lr is None and step_table is None else (
             {"lr": lr} if step_table is None else {"lr": lr, "step_table": step_table})
-        self.optimizer.step(net.backend, net.flat_params, ws.flat_grads, weight_decay=net.weight_decay,
+        self.optimizer.step(net.backend, net.flat_params, grads, weight_decay=net.weight_decay,
                             n_decay=self._n_decay, scale=self.scale, skip=self.bad, **extra)
 
     def end_epoch(self):
@@ -476,22 +547,31 @@ class TrainingStep:
             raise TrainingDiverged(
                 f"loss or gradient became non-finite during epoch {self.epoch + 1}; the updates from the first "
                 "bad step on were not made. Try a smaller learning rate or clip_norm.")
+        if self.comm is not None:          # each rank summed its shards: the epoch's sums are theirs together
+            self.comm.allreduce_sum(self.sums, be)
+            wait = getattr(self.comm, "wait", None)
+            if wait is not None:           # queued device sums: waited for with a deadline, not forever
+                wait()
         sums = be.to_numpy(self.sums)
         return float(sums[0]), (sums[1] if self.net.is_classifier else sums[2:])
 
 
 # ---- phase 2: epoch ---------------------------------------------------------------------------
-def batches(backend, x, targets, weights, order, batch_size):
+def batches(backend, x, targets, weights, order, batch_size, sizes=None):
     """The minibatches of one epoch on the backend: ``(x_b, targets_b, row_scale, batch_weight)``
     gathered in ``order`` (host indices, moved to the device once), ``batch_size`` rows each
-    (the last may be short); row_scale and batch_weight are None without ``weights``. Each
-    batch is gathered in one op into buffers kept for the epoch: a batch's arrays are valid
-    until the next one is drawn."""
+    (the last may be short), or ``sizes[i]`` rows the i-th when given; row_scale and
+    batch_weight are None without ``weights``. Each batch is gathered in one op into buffers
+    kept for the epoch: a batch's arrays are valid until the next one is drawn."""
     order = backend.asarray(order)
     sources = (x, targets) if weights is None else (x, targets, weights)
     kept = {}
-    for start in range(0, order.shape[0], batch_size):
-        idx = order[start:start + batch_size]
+    if sizes is None:
+        sizes = [min(batch_size, order.shape[0] - start) for start in range(0, order.shape[0], batch_size)]
+    start = 0
+    for rows in sizes:
+        idx = order[start:start + rows]
+        start += rows
         rows = idx.shape[0]
         batch = kept.get(rows)
         if batch is None:
@@ -512,7 +592,10 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, ru
     lr = plan.base_lr if plan.schedule is None else plan.lr_for(epoch, 0)
     step_lr = None if plan.schedule is None else lr
     step.begin_epoch(epoch)
-    if plan.feed is not None:
+    shares = None
+    if plan.comm is not None:
+        epoch_batches, shares = _rank_batches(net, plan)
+    elif plan.feed is not None:
         epoch_batches = plan.feed.epoch(epoch)
     else:
         order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
@@ -524,13 +607,43 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, ru
     for index, (x, targets, row_scale, batch_weight) in enumerate(epoch_batches):
         if plan.schedule_per_step and index:
             lr = step_lr = plan.lr_for(epoch, index)
-        loss = step(x, targets, row_scale, batch_weight, step_lr)
+        loss = step(x, targets, row_scale, batch_weight, step_lr, share=1.0 if shares is None else shares[index])
         if run is not None:
             if run.batch_hooks:
                 run.notify("on_batch_end", index, loss)
             if run.interrupt_requested or (run.batch_hooks and run.stop_training):
                 break
     return lr
+
+
+def _rank_batches(net, plan: FitPlan):
+    """This rank's shards of the epoch's global batches (``gpunet.distributed``), and each
+    shard's share of its batch (rows, or weight): every rank draws the same order, cuts each
+    global batch of ``batch_size`` rows into ``size`` nearly equal parts and takes its own.
+    A shard without rows comes as ``x`` None."""
+    comm, n, size = plan.comm, plan.n, plan.batch_size
+    order = net.shuffle_rng.permutation(n) if plan.shuffle else np.arange(n)
+    mine, shares = [], []
+    for start in range(0, n, size):
+        batch = order[start:start + size]
+        lo, hi = shard_bounds(batch.shape[0], comm.size, comm.rank)
+        mine.append(batch[lo:hi])
+        if plan.host_weights is None:
+            shares.append((hi - lo) / batch.shape[0])
+        else:
+            total = float(plan.host_weights[batch].sum())
+            shares.append(float(plan.host_weights[mine[-1]].sum()) / total if total > 0 else 0.0)
+    if plan.feed is not None:
+        shards = plan.feed.batches_for(mine)
+    else:
+        shards = batches(net.backend, plan.x, plan.targets, plan.weights, np.concatenate(mine),
+                         size, sizes=[m.shape[0] for m in mine if m.shape[0]])
+    return _with_empty_shards(shards, mine), shares
+
+
+def _with_empty_shards(shards, mine):
+    for idx in mine:
+        yield next(shards) if idx.shape[0] else (None, None, None, None)
 
 
 # ---- phase 4: record --------------------------------------------------------------------------
@@ -579,6 +692,7 @@ class TrainingRun:
         self.diverged = False
         self.kept = "the parameters of its last step"
         self.resumed_from = None
+        self.writes_files = plan.comm is None or plan.comm.is_main    # rank 0 alone writes
         self.batch_hooks = wants_batch_hooks(callbacks)
         self._epoch_start = self._fit_start = None
 
@@ -677,6 +791,8 @@ def _train_epochs(net, plan: FitPlan, run: TrainingRun, step: TrainingStep, grap
             run.interrupted = run.interrupt_requested
             return
         record = record_epoch(net, plan, step.end_epoch(), lr, started)
+        if plan.comm is not None:          # every rank must hold the same parameters
+            plan.comm.check_same(f"the parameters after epoch {epoch + 1}", params_hash(net.flat_params, net.backend))
         run.notify("on_epoch_end", epoch, record)
         if run.stop_training or run.interrupt_requested:
             run.interrupted = run.interrupt_requested
@@ -689,7 +805,7 @@ def fit(net: Any, X: Any, y: Any = None, epochs: int = 10, batch_size: int | Non
         validation_data: tuple | None = None, shuffle: bool = True, progress: bool = True,
         verbose: int | str | None = None, optimizer: Any = None, schedule: Any = None, early_stopping: Any = None,
         sample_weight: Any = None, host_batches: bool | None = None, callbacks: list | None = None,
-        resume_from: str | os.PathLike | None = None) -> History:
+        resume_from: str | os.PathLike | None = None, communicator: Any = None) -> History:
     """Train the model in place by minibatch SGD (or another optimizer) and return its history.
 
     Each step is one batched forward and backward pass and one optimizer update; on a GPU
@@ -756,6 +872,12 @@ def fit(net: Any, X: Any, y: Any = None, epochs: int = 10, batch_size: int | Non
         A checkpoint (``ModelCheckpoint``) of a fit with the same data and arguments:
         training continues from its next epoch and ends bit for bit where the uninterrupted
         fit ends.
+    communicator : gpunet.distributed.Communicator, optional
+        Train data-parallel: every rank (process) calls ``fit`` with the same data and
+        arguments, takes its shard of each global batch of ``batch_size`` rows, and the
+        gradients are summed across ranks once a step, so every rank holds the parameters
+        the single-process fit with that batch size would. Rank 0 alone shows progress and
+        writes files. See ``gpunet.distributed``.
 
     Returns
     -------
@@ -769,6 +891,9 @@ def fit(net: Any, X: Any, y: Any = None, epochs: int = 10, batch_size: int | Non
         A bad argument or array, named; the model is unchanged.
     RuntimeError
         The model is being trained by another ``fit``.
+    gpunet.distributed.DistributedError
+        Data-parallel: the ranks differ in the model, data or arguments (named), their
+        parameters drifted apart, or a collective timed out (a rank died).
     TrainingDiverged
         The loss or gradient became non-finite; the model keeps parameters whose outputs are
         finite (the best epoch's with early stopping, else the diverging epoch's start, else
@@ -782,15 +907,16 @@ def fit(net: Any, X: Any, y: Any = None, epochs: int = 10, batch_size: int | Non
                    clip_norm=clip_norm, validation_data=validation_data, shuffle=shuffle, progress=progress,
                    optimizer=optimizer, schedule=schedule, early_stopping=early_stopping,
                    sample_weight=sample_weight, host_batches=host_batches, verbose=verbose, callbacks=callbacks,
-                   resume_from=resume_from)
+                   resume_from=resume_from, communicator=communicator)
     with net.training():
         net.classes, net.feature_names, net.input_scaling = plan.learned   # what the data told, once checked
         history = History.for_plan(plan)
         run = TrainingRun(net, plan, history, [history, *plan.callbacks])
-        step = TrainingStep(net, plan.optimizer, plan.clip_norm)
+        step = TrainingStep(net, plan.optimizer, plan.clip_norm, communicator=plan.comm)
         if plan.resume is not None:
             checkpoint.restore(plan.resume, run)
-        graph = StepGraph(step, plan) if not run.batch_hooks and graphs_wanted(net, plan.optimizer, plan) else None
+        eager = run.batch_hooks or plan.comm is not None     # a graph holds no collective here
+        graph = StepGraph(step, plan) if not eager and graphs_wanted(net, plan.optimizer, plan) else None
         with _stop_at_a_step_boundary(run):
             _run_to_the_end(net, plan, run, step, graph)
     return history

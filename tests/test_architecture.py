@@ -25,7 +25,7 @@ LAYERS = [
                                     "gpunet.cuda.sources", "gpunet.cuda.launch"}),
     ("backends", {"gpunet.numpy_backend", "gpunet.cupy_backend", "gpunet.backend"}),
     ("checks and training parts", {"gpunet.validation", "gpunet.losses", "gpunet.optim", "gpunet.schedules",
-                                   "gpunet.data", "gpunet.tables", "gpunet.callbacks"}),
+                                   "gpunet.data", "gpunet.tables", "gpunet.callbacks", "gpunet.distributed"}),
     ("the fit loop", {"gpunet.train", "gpunet.step_graph", "gpunet.feeds", "gpunet.checkpoint"}),
     ("the model", {"gpunet.mlp", "gpunet.gradcheck", "gpunet.onnx_export"}),
     ("front ends", {"gpunet", "gpunet.sklearn", "gpunet.diagnostics", "gpunet.recipes", "gpunet.cli",

@@ -2,7 +2,7 @@
 numpydoc docstring with the sections its signature needs.
 
 The public API is what ``gpunet`` exports, the public methods and properties of its classes
-(``MLP`` included), ``gpunet.data``, ``gpunet.callbacks``, the optimizers of ``gpunet.optim``, ``gpunet.schedules``,
+(``MLP`` included), ``gpunet.data``, ``gpunet.callbacks``, ``gpunet.distributed``, the optimizers of ``gpunet.optim``, ``gpunet.schedules``,
 ``gpunet.scaling``, the public functions of ``gpunet.tables`` and the scikit-learn estimators'
 own methods. A callable passes when
 
@@ -28,6 +28,7 @@ import pytest
 
 import gpunet
 import gpunet.callbacks
+import gpunet.distributed
 import gpunet.data
 import gpunet.optim
 import gpunet.scaling
@@ -65,6 +66,7 @@ def _top_level():
     return [
         *_exported(gpunet), *_exported(gpunet.data), *_optimizer_api(), *_exported(gpunet.schedules),
         *_exported(gpunet.scaling), *_exported(gpunet.callbacks),
+        *_exported(gpunet.distributed),
         *(obj for obj in _exported(gpunet.tables) if inspect.isfunction(obj)),
     ]
 
