@@ -28,6 +28,7 @@ import copy
 import numbers
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.optimize
@@ -50,7 +51,8 @@ from .mlp import MLP
 from .losses import row_scale_from_weights
 from .optim import SGD, Adam, AdamW, RMSprop
 from .schedules import CosineDecay, LinearWarmup, Schedule
-from .train import TrainingDiverged, TrainingStep, batches
+from .distributed import Communicator, fingerprint, params_hash, shard_bounds
+from .train import TrainingDiverged, TrainingStep, batches, rank_shards, with_empty_shards
 from .validation import check_float_dtype, check_real, check_sample_weight
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -140,6 +142,12 @@ _PARAMETERS_DOC = """
         Arithmetic precision; None follows X (float32 stays float32, anything else float64).
     backend : {None, "auto", "numpy", "cupy"}, default None (gpunet)
         Array backend of the model; None uses gpunet's active backend.
+    communicator : gpunet.distributed.Communicator or None, default None (gpunet)
+        Fit data-parallel on the ranks ``mpiexec`` started, each with the same data and
+        parameters: the stochastic solvers shard every minibatch across the ranks and sum the
+        gradient once a step, L-BFGS sums its loss and gradient over the ranks' chunks; every
+        rank ends with the single-process fit's coefficients (to rounding). Rank 0 alone
+        prints (``verbose``).
 
     ``partial_fit`` trains one epoch over the given data and keeps the optimizer's state
     between calls (the classifier's first call must name every class in ``classes``; not
@@ -208,18 +216,31 @@ class _Rows:
         self.sparse = scipy.sparse.issparse(X)
         self.X = X.tocsr() if self.sparse else net.features(X)
         self.targets = net.targets(targets, self.n)
-        self.weights = None if weights is None else be.asarray(weights / weights.max(), dtype=net.dtype)
+        self.host_weights = None if weights is None else weights / weights.max()
+        self.weights = None if weights is None else be.asarray(self.host_weights, dtype=net.dtype)
         self.weight_total = float(self.n if weights is None else (weights / weights.max()).sum())
 
-    def batches(self, order, batch_size):
+    def rank_batches(self, order, batch_size, comm, host_weights):
+        """This rank's shards of the global batches (``gpunet.train.rank_shards``) and their
+        shares; an empty shard comes as ``(None,) * 4``."""
+        mine, shares = rank_shards(order, batch_size, comm, host_weights)
+        sizes = [m.shape[0] for m in mine if m.shape[0]]
+        return with_empty_shards(self.batches(np.concatenate(mine), batch_size, sizes), mine), shares
+
+    def batches(self, order, batch_size, sizes=None):
+        """The minibatches in ``order``: ``batch_size`` rows each, or ``sizes[i]`` the i-th."""
         be, net = self.net.backend, self.net
+        if sizes is None:
+            sizes = [min(batch_size, order.shape[0] - start) for start in range(0, order.shape[0], batch_size)]
         if not self.sparse:
-            yield from batches(be, self.X, self.targets, self.weights, order, batch_size)
+            yield from batches(be, self.X, self.targets, self.weights, order, batch_size, sizes=sizes)
             return
-        dense = batches(be, self.targets, self.targets, self.weights, order, batch_size)
-        for start, (targets, _, row_scale, batch_weight) in zip(range(0, self.n, batch_size), dense):
-            rows = self.X[order[start:start + batch_size]].toarray()
-            yield be.asarray(rows, dtype=net.dtype), targets, row_scale, batch_weight
+        dense = batches(be, self.targets, self.targets, self.weights, order, batch_size, sizes=sizes)
+        start = 0
+        for rows, (targets, _, row_scale, batch_weight) in zip(sizes, dense):
+            x = self.X[order[start:start + rows]].toarray()
+            start += rows
+            yield be.asarray(x, dtype=net.dtype), targets, row_scale, batch_weight
 
 
 class _Objective:
@@ -227,14 +248,17 @@ class _Objective:
     there once (dense X; sparse X is densified a chunk at a time on each evaluation), and per
     evaluation only the flat parameter vector goes in and the flat gradient comes out."""
 
-    def __init__(self, net, X, targets, weights):
+    def __init__(self, net, X, targets, weights, communicator=None):
         be = net.backend
         self.net = net
+        self.comm = communicator
         n = X.shape[0]
         total = float(n if weights is None else np.sum(weights))
         self.chunks = []
-        for start in range(0, n, _CHUNK):
-            rows = slice(start, start + _CHUNK)
+        # data-parallel: this rank's rows only; the ranks' parts are summed in __call__
+        first, last = (0, n) if communicator is None else shard_bounds(n, communicator.size, communicator.rank)
+        for start in range(first, last, _CHUNK):
+            rows = slice(start, min(start + _CHUNK, last))
             x = X[rows].tocsr() if scipy.sparse.issparse(X) else net.features(X[rows])
             m = x.shape[0]
             w = None if weights is None else np.asarray(weights[rows], dtype=np.float64)
@@ -255,10 +279,24 @@ class _Objective:
                     x = be.asarray(x.toarray(), dtype=net.dtype)
                 loss = loss + share * net.loss_and_grad_into(x, targets, ws, row_scale, include_decay=False)
                 grad += share * ws.flat_grads
+            if self.comm is not None:
+                return self._summed_over_ranks(float(loss), to_numpy(grad))
             weights = net.flat_params[:net.n_weights]
             loss = loss + 0.5 * net.weight_decay * net.backend.sumsq(weights)
             grad[:net.n_weights] += net.weight_decay * weights
         return float(loss), to_numpy(grad)
+
+    def _summed_over_ranks(self, loss, grad):
+        """The ranks' data parts summed (on the host, over MPI), then the L2 term once."""
+        net = self.net
+        host_comm = getattr(self.comm, "mpi", self.comm)       # NCCL's side channel sums host arrays
+        packed = np.concatenate([[loss], grad])
+        host_comm.allreduce_sum(packed, None)
+        loss, grad = float(packed[0]), packed[1:]
+        weights = to_numpy(net.flat_params[:net.n_weights]).astype(np.float64)
+        loss += 0.5 * net.weight_decay * float(weights @ weights)
+        grad[:net.n_weights] += net.weight_decay * weights
+        return loss, grad
 
 
 # ---- conversions between these estimators and scikit-learn's own -------------------------------------
@@ -318,7 +356,8 @@ class _BaseMLP(BaseEstimator):
                  nesterovs_momentum: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int | float = 10,
                  max_fun: int = 15000, lr_schedule: str | Schedule | None = None, weight_decay: float = 0.01,
-                 clip_norm: float | None = None, dtype: DTypeLike | None = None, backend: str | None = None) -> None:
+                 clip_norm: float | None = None, dtype: DTypeLike | None = None, backend: str | None = None,
+                 communicator: Any = None) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -347,6 +386,7 @@ class _BaseMLP(BaseEstimator):
         self.clip_norm = clip_norm
         self.dtype = dtype
         self.backend = backend
+        self.communicator = communicator
 
     # ---- hyper-parameters, checked at fit as scikit-learn asks ------------------------------
     def _hidden_sizes(self):
@@ -390,6 +430,9 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {fraction!r}")
         if self.clip_norm is not None:
             check_real("clip_norm", self.clip_norm, low=0.0, low_open=True)
+        if self.communicator is not None and not isinstance(self.communicator, Communicator):
+            raise TypeError(f"communicator must be a gpunet.distributed.Communicator, got "
+                            f"{type(self.communicator).__name__}")
 
     def _batch(self, n):
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
@@ -509,6 +552,8 @@ class _BaseMLP(BaseEstimator):
         # batch here, so that a weight of k acts as k copies of a sample
         mean_weight = 1.0 if sample_weight is None else float(sample_weight.mean())
         self.net_.weight_decay = float(self.alpha) / (batch * mean_weight)
+        if self.communicator is not None:
+            self._check_ranks_agree(X, targets, sample_weight)
         try:
             if self.solver == "lbfgs":
                 self._fit_lbfgs(X, targets, sample_weight)
@@ -519,6 +564,17 @@ class _BaseMLP(BaseEstimator):
         if not all(np.isfinite(a).all() for a in self.coefs_ + self.intercepts_):
             raise ValueError(_DIVERGED)
         return self
+
+    def _check_ranks_agree(self, X, targets, sample_weight):
+        """A data-parallel fit's ranks must hold the same parameters, data and network."""
+        comm = self.communicator
+        params = {k: v for k, v in self.get_params().items() if k != "communicator"}
+        comm.check_same("the estimator's parameters", repr(sorted(params.items())))
+        dense = X.toarray() if scipy.sparse.issparse(X) else np.asarray(X)
+        comm.check_same("the training data (rows, sampled values)",
+                        (X.shape, fingerprint(dense), fingerprint(np.asarray(targets)),
+                         None if sample_weight is None else fingerprint(np.asarray(sample_weight))))
+        comm.check_same("the network's parameters", params_hash(self.net_.flat_params, self.net_.backend))
 
     def _check_same_network(self, layer_units):
         """Continuing (warm start, partial_fit) needs the network the hyper-parameters and the
@@ -581,7 +637,8 @@ class _BaseMLP(BaseEstimator):
         mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight))
         batch = min(batch, rows.n)
         n_batches = -(-rows.n // batch)
-        step = TrainingStep(net, optimizer.optimizer, self.clip_norm)
+        comm = self.communicator
+        step = TrainingStep(net, optimizer.optimizer, self.clip_norm, communicator=comm)
         self.n_iter_ = 0
         with net.training():
             for _ in range(self.max_iter):
@@ -593,8 +650,13 @@ class _BaseMLP(BaseEstimator):
                 step.begin_epoch(self.n_iter_)
                 diverged = False
                 try:
-                    for x, t, row_scale, batch_weight in rows.batches(order, batch):
-                        step(x, t, row_scale, batch_weight)
+                    if comm is None:
+                        for x, t, row_scale, batch_weight in rows.batches(order, batch):
+                            step(x, t, row_scale, batch_weight)
+                    else:                  # this rank's shard of every minibatch, one gradient sum a step
+                        shards, shares = rows.rank_batches(order, batch, comm, rows.host_weights)
+                        for (x, t, row_scale, batch_weight), share in zip(shards, shares):
+                            step(x, t, row_scale, batch_weight, share=share)
                     loss_sum, _ = step.end_epoch()
                     self.loss_ = self._reported_loss(loss_sum / rows.weight_total, n_batches, rows.n,
                                                      mean_weight)
@@ -607,7 +669,7 @@ class _BaseMLP(BaseEstimator):
                 self._epochs_done = getattr(self, "_epochs_done", 0) + 1
                 self.t_ += rows.n
                 self.loss_curve_.append(self.loss_)
-                if self.verbose:
+                if self.verbose and (comm is None or comm.is_main):
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
                 self._update_no_improvement_count(early_stopping, X_val, t_val, diverged)
                 if diverged:
@@ -665,7 +727,7 @@ class _BaseMLP(BaseEstimator):
     def _fit_lbfgs(self, X, targets, sample_weight):
         net = self.net_
         net.weight_decay = float(self.alpha) / (X.shape[0] if sample_weight is None else float(sample_weight.sum()))
-        objective = _Objective(net, X, self._net_targets(targets), sample_weight)
+        objective = _Objective(net, X, self._net_targets(targets), sample_weight, self.communicator)
         start = to_numpy(net.flat_params).astype(np.float64)
         with net.training():
             result = scipy.optimize.minimize(objective, start, method="L-BFGS-B", jac=True,
@@ -678,7 +740,7 @@ class _BaseMLP(BaseEstimator):
                           f"(max_iter={self.max_iter}).", ConvergenceWarning, stacklevel=3)
         self.n_iter_ = min(result.nit, self.max_iter)
         self.loss_ = float(result.fun)
-        if self.verbose:
+        if self.verbose and (self.communicator is None or self.communicator.is_main):
             print(f"L-BFGS-B: {result.nit} iterations, {result.nfev} evaluations, loss = {self.loss_:.8f}")
         net.set_flat_params(np.asarray(result.x).astype(net.dtype))
 
@@ -1040,7 +1102,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  early_stopping: bool = False, validation_fraction: float = 0.1, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int | float = 10, max_fun: int = 15000,
                  lr_schedule: str | Schedule | None = None, weight_decay: float = 0.01, clip_norm: float | None = None,
-                 dtype: DTypeLike | None = None, backend: str | None = None) -> None:
+                 dtype: DTypeLike | None = None, backend: str | None = None, communicator: Any = None) -> None:
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
@@ -1048,7 +1110,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                          early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
                          beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
                          lr_schedule=lr_schedule, weight_decay=weight_decay, clip_norm=clip_norm, dtype=dtype,
-                         backend=backend)
+                         backend=backend, communicator=communicator)
         self.loss = loss
 
     def _output(self):

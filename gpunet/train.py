@@ -45,7 +45,7 @@ from .callbacks import (Callback, EarlyStoppingCallback, EpochLogger, ProgressBa
 from .distributed import Communicator, fingerprint, params_hash, shard_bounds
 
 __all__ = ["fit", "History", "TrainingDiverged", "TrainingInterrupted", "TrainingRun", "TrainingStep", "FitPlan",
-           "prepare", "batches", "run_epoch", "record_epoch", "evaluate"]
+           "prepare", "batches", "run_epoch", "record_epoch", "evaluate", "rank_shards", "with_empty_shards"]
 
 log = logging.getLogger("gpunet")
 
@@ -618,30 +618,38 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, ru
 
 def _rank_batches(net, plan: FitPlan):
     """This rank's shards of the epoch's global batches (``gpunet.distributed``), and each
-    shard's share of its batch (rows, or weight): every rank draws the same order, cuts each
-    global batch of ``batch_size`` rows into ``size`` nearly equal parts and takes its own.
-    A shard without rows comes as ``x`` None."""
-    comm, n, size = plan.comm, plan.n, plan.batch_size
-    order = net.shuffle_rng.permutation(n) if plan.shuffle else np.arange(n)
-    mine, shares = [], []
-    for start in range(0, n, size):
-        batch = order[start:start + size]
-        lo, hi = shard_bounds(batch.shape[0], comm.size, comm.rank)
-        mine.append(batch[lo:hi])
-        if plan.host_weights is None:
-            shares.append((hi - lo) / batch.shape[0])
-        else:
-            total = float(plan.host_weights[batch].sum())
-            shares.append(float(plan.host_weights[mine[-1]].sum()) / total if total > 0 else 0.0)
+    shard's share of its batch; a shard without rows comes as ``x`` None."""
+    order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
+    mine, shares = rank_shards(order, plan.batch_size, plan.comm, plan.host_weights)
     if plan.feed is not None:
         shards = plan.feed.batches_for(mine)
     else:
         shards = batches(net.backend, plan.x, plan.targets, plan.weights, np.concatenate(mine),
-                         size, sizes=[m.shape[0] for m in mine if m.shape[0]])
-    return _with_empty_shards(shards, mine), shares
+                         plan.batch_size, sizes=[m.shape[0] for m in mine if m.shape[0]])
+    return with_empty_shards(shards, mine), shares
 
 
-def _with_empty_shards(shards, mine):
+def rank_shards(order, batch_size, comm, weights=None):
+    """A rank's part of an epoch: every rank draws the same ``order``, cuts each global batch
+    of ``batch_size`` rows into ``comm.size`` nearly equal shards and takes its own.
+    Returns (the shards' row indices, each shard's share of its batch: rows, or the part of
+    the batch's ``weights``)."""
+    mine, shares = [], []
+    for start in range(0, order.shape[0], batch_size):
+        batch = order[start:start + batch_size]
+        lo, hi = shard_bounds(batch.shape[0], comm.size, comm.rank)
+        mine.append(batch[lo:hi])
+        if weights is None:
+            shares.append((hi - lo) / batch.shape[0])
+        else:
+            total = float(weights[batch].sum())
+            shares.append(float(weights[mine[-1]].sum()) / total if total > 0 else 0.0)
+    return mine, shares
+
+
+def with_empty_shards(shards, mine):
+    """The batches of the non-empty shards in ``mine``, with ``(None,) * 4`` in the place of
+    an empty one (the step then adds zeros to the sum)."""
     for idx in mine:
         yield next(shards) if idx.shape[0] else (None, None, None, None)
 

@@ -23,7 +23,7 @@ pytest.importorskip("mpi4py", reason="mpi4py is needed for the distributed tests
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "distributed" / "worker.py"
 sys.path.insert(0, str(TESTS / "distributed"))
-from worker import CASES, fit  # noqa: E402
+from worker import CASES, fit, sklearn_fit  # noqa: E402
 
 
 def _mpiexec():
@@ -183,3 +183,19 @@ def test_the_readme_command_trains_on_two_ranks(tmp_path):
     accuracy = float(done.stdout.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.95
     assert gn.MLP.load(model).sizes == [64, 256, 10]
+
+
+@pytest.mark.parametrize("case, k", [("sklearn-sgd", 2), ("sklearn-adam", 3), ("sklearn-lbfgs", 2)])
+def test_the_estimators_fit_as_one_process(tmp_path, case, k):
+    """MLPClassifier(communicator=...): sharded minibatches with sample weights, early stopping
+    on its validation split, and L-BFGS over the ranks' rows end where one process ends."""
+    pytest.importorskip("sklearn", reason="the estimators need scikit-learn")
+    done, results = run_ranks(k, case, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for params, record in results[1:]:
+        assert params.tobytes() == results[0][0].tobytes() and record == results[0][1]
+    single = sklearn_fit(case)
+    expected = np.concatenate([c.ravel() for c in single.coefs_ + single.intercepts_])
+    assert results[0][1]["n_iter"] == single.n_iter_
+    np.testing.assert_allclose(results[0][0], expected, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(results[0][1]["loss"], single.loss_, rtol=1e-9)

@@ -26,6 +26,28 @@ CASES = {
 }
 
 
+SKLEARN_CASES = {
+    "sklearn-sgd": dict(solver="sgd", batch_size=24, learning_rate_init=0.05, momentum=0.9, max_iter=5),
+    "sklearn-adam": dict(solver="adam", batch_size=25, learning_rate_init=3e-3, max_iter=6, early_stopping=True,
+                         n_iter_no_change=3),
+    "sklearn-lbfgs": dict(solver="lbfgs", max_iter=30),
+}
+
+
+def sklearn_fit(case, communicator=None):
+    """A gpunet.sklearn MLPClassifier, float64, on the classification data with weights."""
+    import warnings
+    from gpunet.sklearn import MLPClassifier
+    X, y, _, _ = data("sgd64")
+    w = np.random.default_rng(9).uniform(0.5, 1.5, size=len(y))
+    est = MLPClassifier(hidden_layer_sizes=(12,), random_state=0, dtype="float64", backend="numpy",
+                        communicator=communicator, **SKLEARN_CASES[case])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y, sample_weight=w)
+    return est
+
+
 def data(case):
     spec = CASES[case]
     rng = np.random.default_rng(5)
@@ -102,6 +124,12 @@ def main():
         import gpunet.train
         original = gpunet.train.check_callbacks
         gpunet.train.check_callbacks = lambda cbs: original([*(cbs or []), LambdaCallback(on_epoch_end=die)])
+    if case.startswith("sklearn"):
+        est = sklearn_fit(case, comm)
+        np.savez(os.path.join(out, f"rank{comm.rank}.npz"),
+                 params=np.concatenate([c.ravel() for c in est.coefs_ + est.intercepts_]),
+                 history=json.dumps({"n_iter": est.n_iter_, "loss": est.loss_}))
+        return
     try:
         net, history = fit(case, comm, out, rows=rows, **changes)
     except distributed.DistributedError as exc:
