@@ -611,7 +611,8 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, ru
         if run is not None:
             if run.batch_hooks:
                 run.notify("on_batch_end", index, loss)
-            if run.interrupt_requested or (run.batch_hooks and run.stop_training):
+            # a data-parallel fit stops at an epoch's end, where its ranks can agree
+            if plan.comm is None and (run.interrupt_requested or (run.batch_hooks and run.stop_training)):
                 break
     return lr
 
@@ -795,13 +796,17 @@ def _train_epochs(net, plan: FitPlan, run: TrainingRun, step: TrainingStep, grap
         run.mark_epoch_start()
         run.notify("on_epoch_begin", epoch)
         lr = run_epoch(net, plan, step, epoch, graph, run)
-        if run.interrupt_requested or run.stop_training:   # stopped within the epoch: not recorded
+        if plan.comm is None and (run.interrupt_requested or run.stop_training):   # stopped within the epoch
             run.interrupted = run.interrupt_requested
             return
         record = record_epoch(net, plan, step.end_epoch(), lr, started)
         if plan.comm is not None:          # every rank must hold the same parameters
             plan.comm.check_same(f"the parameters after epoch {epoch + 1}", params_hash(net.flat_params, net.backend))
         run.notify("on_epoch_end", epoch, record)
+        if plan.comm is not None:          # the ranks stop together: any rank's Ctrl-C or callback
+            votes = plan.comm.allgather((run.stop_training, run.interrupt_requested))
+            run.stop_training = any(stop for stop, _ in votes)
+            run.interrupt_requested = any(asked for _, asked in votes)
         if run.stop_training or run.interrupt_requested:
             run.interrupted = run.interrupt_requested
             return

@@ -199,3 +199,16 @@ def test_the_estimators_fit_as_one_process(tmp_path, case, k):
     assert results[0][1]["n_iter"] == single.n_iter_
     np.testing.assert_allclose(results[0][0], expected, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(results[0][1]["loss"], single.loss_, rtol=1e-9)
+
+
+def test_the_ranks_stop_together(tmp_path):
+    """One rank's callback stopping, or Ctrl-C reaching one rank mid-epoch: every rank stops at
+    the same epoch's end, none waits for a peer that left."""
+    done, results = run_ranks(3, "sgd64", tmp_path, GPUNET_TEST_TROUBLE="stop", GPUNET_DIST_TIMEOUT="20")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [len(history["loss"]) for _, history in results] == [1, 1, 1]
+    (tmp_path / "sigint").mkdir()
+    done, results = run_ranks(2, "sgd64", tmp_path / "sigint", GPUNET_TEST_TROUBLE="sigint", GPUNET_DIST_TIMEOUT="20")
+    output = done.stdout + done.stderr
+    # the epoch it arrived in completes on both ranks (and is recorded), then both stop
+    assert done.returncode == 130 and output.count("interrupted after 2 epoch(s)") == 2, output[-3000:]

@@ -130,11 +130,29 @@ def main():
                  params=np.concatenate([c.ravel() for c in est.coefs_ + est.intercepts_]),
                  history=json.dumps({"n_iter": est.n_iter_, "loss": est.loss_}))
         return
+    if trouble in ("stop", "sigint"):
+        from gpunet.callbacks import LambdaCallback
+        import gpunet.train
+
+        def stop(run, epoch, logs):         # one rank's callback asks to stop after epoch 1
+            if comm.rank == 1 and epoch == 0:
+                run.stop_training = True
+
+        def sigint(run, batch, loss):       # Ctrl-C reaches one rank in the middle of epoch 2
+            if comm.rank == 0 and run.epoch == 1 and batch == 3:
+                import signal
+                signal.raise_signal(signal.SIGINT)
+        hook = LambdaCallback(on_epoch_end=stop) if trouble == "stop" else LambdaCallback(on_batch_end=sigint)
+        original = gpunet.train.check_callbacks
+        gpunet.train.check_callbacks = lambda cbs: original([*(cbs or []), hook])
     try:
         net, history = fit(case, comm, out, rows=rows, **changes)
     except distributed.DistributedError as exc:
         print(f"rank {comm.rank}: DistributedError: {exc}", flush=True)
         sys.exit(5)
+    except KeyboardInterrupt as exc:
+        print(f"rank {comm.rank}: interrupted after {len(exc.history['loss'])} epoch(s)", flush=True)
+        sys.exit(130)
     np.savez(os.path.join(out, f"rank{comm.rank}.npz"), params=gn.to_numpy(net.flat_params),
              history=json.dumps({k: v for k, v in history.items() if k != "time"}))
 
