@@ -573,6 +573,9 @@ def main(argv=None) -> int:
             from gpunet.recipes import run_from_args
             return run_from_args(args)
         return _info(args)
+    except BrokenPipeError:                # the reader (head, say) has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as exc:       # Ctrl-C: one line, the shell's status for SIGINT
         done = getattr(exc, "history", None)
         epochs = f" after {len(done['loss'])} complete epoch(s)" if done is not None else ""

@@ -496,3 +496,25 @@ def test_train_predict_evaluate_without_pandas(tmp_path, capsys, monkeypatch):
         assert read_csv_text(out) == expected
     code, out, err = run_main(["evaluate", model, data], capsys)
     assert reported(out, "accuracy") == round(net.score(X, labels), 4)
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
+    """``gpunet evaluate ... | head -1``: the command stops without an error once its reader
+    has gone (many rows of output, the pipe closed after the first line)."""
+    import os
+    import subprocess
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3))
+    rows = [[*map(float, x), "yes" if x[0] > 0 else "no"] for x in X]
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "c", "kind"], rows)
+    model = tmp_path / "m.npz"
+    assert main(["train", "--data", str(data), "--target", "kind", "--epochs", "1", "--hidden", "4",
+                 "--no-progress", "--save", str(model)]) == 0
+    env = dict(os.environ, GPUNET_BACKEND="numpy")
+    for command in (["predict", str(model), str(data)], ["evaluate", str(model), str(data)]):
+        child = subprocess.Popen([sys.executable, "-m", "gpunet.cli", *command], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=env)
+        child.stdout.readline()
+        child.stdout.close()                      # the reader leaves
+        err = child.stderr.read().decode()
+        assert child.wait(timeout=120) == 0 and "error" not in err, err
