@@ -118,6 +118,23 @@ def _check_header(path, fields, params_bytes):
     return cfg
 
 
+def _checked_members(archive, bad, what):
+    """The archive's member names, once each is known to appear once (zipfile would silently
+    read the last of repeated names) and to be stored or deflated, not encrypted; ``bad(why)``
+    makes the error, ``what`` names the kind of file."""
+    names = archive.namelist()
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise bad(f"the archive holds more than one member named {', '.join(repeated)}")
+    for info in archive.infolist():
+        if info.compress_type not in _COMPRESSIONS:
+            raise bad(f"the {info.filename} member uses zip compression method {info.compress_type}; "
+                      f"{what}'s members are {' or '.join(_COMPRESSIONS.values())}")
+        if info.flag_bits & _ENCRYPTED_FLAG:
+            raise bad(f"the {info.filename} member is encrypted")
+    return names
+
+
 def _read_fields(path):
     """The checked config and the params array of the archive at ``path``. Every member is
     looked at before it is read: exactly the four expected names, each once; stored or
@@ -129,20 +146,10 @@ def _read_fields(path):
         if fh.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
             raise _bad(path, "it is a single array, not an .npz archive")
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            # zipfile would silently read the last of them
-            raise _bad(path, f"the archive holds more than one member named {', '.join(repeated)}")
+        names = _checked_members(archive, lambda why: _bad(path, why), "a model file")
         if set(names) != set(_MEMBERS):
             found = sorted(name.removesuffix(".npy") for name in names)
             raise _bad(path, f"expected the fields {sorted(_KEYS)} (as .npy members), found {found}")
-        for info in archive.infolist():
-            if info.compress_type not in _COMPRESSIONS:
-                raise _bad(path, f"the {info.filename} member uses zip compression method {info.compress_type}; "
-                                 f"a model file's members are {' or '.join(_COMPRESSIONS.values())}")
-            if info.flag_bits & _ENCRYPTED_FLAG:
-                raise _bad(path, f"the {info.filename} member is encrypted")
         for key in ("format", "version", "config"):
             if archive.getinfo(f"{key}.npy").file_size > _MAX_SMALL_MEMBER_BYTES:
                 raise _bad(path, f"the {key} field is implausibly large")
@@ -266,18 +273,13 @@ def load_archive(path, fmt: str, version: int, meta_keys, max_meta_chars: int, w
         return ValueError(f"{path} is not a readable gpunet {what}: {why}")
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if len(set(names)) != len(names):
-                raise bad("the archive repeats a member name")
+            names = _checked_members(archive, bad, f"a gpunet {what}")
             if not all(name.endswith(".npy") for name in names):
                 raise bad("it holds members that are not .npy arrays")
             keys = [name[:-len(".npy")] for name in names]
             for key in ("format", "version", *meta_keys):
                 if key not in keys:
                     raise bad(f"it lacks the {key} member")
-            for info in archive.infolist():
-                if info.compress_type not in _COMPRESSIONS or info.flag_bits & _ENCRYPTED_FLAG:
-                    raise bad(f"the {info.filename} member is compressed or encrypted in a way no gpunet file is")
             # copies: the arrays become an optimizer's or a model's own, written in place
             members = {key: _read_member(path, archive, key).copy() for key in keys}
     except ValueError as exc:
