@@ -48,6 +48,19 @@ def _timeout_from_env(timeout):
     return float(text) if text else DEFAULT_TIMEOUT
 
 
+def _wait_until(done, comm, what):
+    """Poll ``done()`` until ``comm.timeout`` seconds have passed; past them ``comm.abort`` the
+    job and raise: a collective that does not finish means a peer has died or hung."""
+    deadline = time.monotonic() + comm.timeout
+    while not done():
+        if time.monotonic() > deadline:
+            why = (f"gpunet.distributed: rank {comm.rank}: {what} did not complete within {comm.timeout:g} s; "
+                   "another rank has died or stopped")
+            comm.abort(why)
+            raise DistributedError(why)
+        time.sleep(_POLL_SECONDS)
+
+
 def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:
     """The rows of a global batch that one rank takes.
 
@@ -134,25 +147,26 @@ class Communicator:
             What went wrong (printed by the launcher where it can).
         """
 
-    def check_same(self, what: str, value: Any) -> None:
-        """Refuse a run whose ranks differ in ``value``.
+    def check_same(self, facts: dict) -> None:
+        """Refuse a run whose ranks differ in any of ``facts``, compared in one exchange.
 
         Parameters
         ----------
-        what : str
-            What the value is, for the message.
-        value : object
-            This rank's value (picklable, comparable).
+        facts : dict
+            What each value is (for the message) -> this rank's value (picklable, comparable).
 
         Raises
         ------
         DistributedError
-            The ranks' values differ; every rank raises with the same message.
+            The ranks differ; every rank raises with the same message, naming the first fact
+            (in ``facts``' order) that differs and each rank's value of it.
         """
-        values = self.allgather(value)
-        if any(v != values[0] for v in values):
-            shown = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
-            raise DistributedError(f"the ranks differ in {what}: {shown}")
+        gathered = self.allgather(list(facts.values()))
+        for i, what in enumerate(facts):
+            values = [rank_facts[i] for rank_facts in gathered]
+            if any(v != values[0] for v in values):
+                shown = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+                raise DistributedError(f"the ranks differ in {what}: {shown}")
 
 
 class MPICommunicator(Communicator):
@@ -191,14 +205,7 @@ class MPICommunicator(Communicator):
 
     def _wait(self, request, what):
         """Wait for ``request`` until the deadline; past it, abort the job (a peer is gone)."""
-        deadline = time.monotonic() + self.timeout
-        while not request.Test():
-            if time.monotonic() > deadline:
-                why = (f"gpunet.distributed: rank {self.rank}: {what} did not complete within {self.timeout:g} s; "
-                       "another rank has died or stopped")
-                self.abort(why)
-                raise DistributedError(why)
-            time.sleep(_POLL_SECONDS)
+        _wait_until(request.Test, self, what)
 
     def allreduce_sum(self, array: Any, backend: Any) -> Any:
         """Sum ``array`` across ranks, in place (device arrays through a host buffer).
@@ -355,14 +362,7 @@ class NCCLCommunicator(Communicator):
         if self._event is None:
             self._event = cupy.cuda.Event(disable_timing=True)
         self._event.record()
-        deadline = time.monotonic() + self.timeout
-        while not self._event.done:
-            if time.monotonic() > deadline:
-                why = f"gpunet.distributed: rank {self.rank}: NCCL sums did not complete within {self.timeout:g} s"
-                self.comm.abort()
-                self.mpi.abort(why)
-                raise DistributedError(why)
-            time.sleep(_POLL_SECONDS)
+        _wait_until(lambda: self._event.done, self, "NCCL sums")
 
     def allgather(self, value: Any) -> list:
         """Every rank's ``value``, over MPI.

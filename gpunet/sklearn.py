@@ -569,12 +569,13 @@ class _BaseMLP(BaseEstimator):
         """A data-parallel fit's ranks must hold the same parameters, data and network."""
         comm = self.communicator
         params = {k: v for k, v in self.get_params().items() if k != "communicator"}
-        comm.check_same("the estimator's parameters", repr(sorted(params.items())))
         dense = X.toarray() if scipy.sparse.issparse(X) else np.asarray(X)
-        comm.check_same("the training data (rows, sampled values)",
-                        (X.shape, fingerprint(dense), fingerprint(np.asarray(targets)),
-                         None if sample_weight is None else fingerprint(np.asarray(sample_weight))))
-        comm.check_same("the network's parameters", params_hash(self.net_.flat_params, self.net_.backend))
+        comm.check_same({
+            "the estimator's parameters": repr(sorted(params.items())),
+            "the training data (rows, sampled values)": (
+                X.shape, fingerprint(dense), fingerprint(np.asarray(targets)),
+                None if sample_weight is None else fingerprint(np.asarray(sample_weight))),
+            "the network's parameters": params_hash(self.net_.flat_params, self.net_.backend)})
 
     def _check_same_network(self, layer_units):
         """Continuing (warm start, partial_fit) needs the network the hyper-parameters and the

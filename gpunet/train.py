@@ -263,11 +263,8 @@ def prepare(net, X, y, *, epochs, batch_size, lr, momentum, nesterov, clip_norm,
 def _check_ranks_agree(net, plan, X, y, sample_weight, validation_data):
     """Refuse, on every rank alike, a data-parallel fit whose ranks differ in the model, its
     parameters or shuffle state, the data, or the fit's arguments; the message names what."""
-    comm = plan.comm
-    config = {k: v for k, v in net.config().items() if k != "metadata"}
-    for key, value in config.items():
-        comm.check_same(f"the model's {key}", value)
-    facts = {
+    facts = {f"the model's {key}": value for key, value in net.config().items() if key != "metadata"}
+    facts.update({
         "the model's parameters": params_hash(net.flat_params, net.backend),
         "the shuffle generator's state": repr(net.shuffle_rng.bit_generator.state),
         "the number of examples": plan.n,
@@ -280,9 +277,8 @@ def _check_ranks_agree(net, plan, X, y, sample_weight, validation_data):
         "the optimizer": repr(plan.optimizer),
         "the schedule": repr(plan.schedule),
         "the callbacks": [type(c).__name__ for c in plan.callbacks if not isinstance(c, (ProgressBar, EpochLogger))],
-    }
-    for what, value in facts.items():
-        comm.check_same(what, value)
+    })
+    plan.comm.check_same(facts)
 
 
 _SGD_DEFAULTS = {"lr": 0.01, "momentum": 0.0, "nesterov": False}
@@ -801,7 +797,7 @@ def _train_epochs(net, plan: FitPlan, run: TrainingRun, step: TrainingStep, grap
             return
         record = record_epoch(net, plan, step.end_epoch(), lr, started)
         if plan.comm is not None:          # every rank must hold the same parameters
-            plan.comm.check_same(f"the parameters after epoch {epoch + 1}", params_hash(net.flat_params, net.backend))
+            plan.comm.check_same({f"the parameters after epoch {epoch + 1}": params_hash(net.flat_params, net.backend)})
         run.notify("on_epoch_end", epoch, record)
         if plan.comm is not None:          # the ranks stop together: any rank's Ctrl-C or callback
             votes = plan.comm.allgather((run.stop_training, run.interrupt_requested))
