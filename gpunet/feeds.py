@@ -21,11 +21,18 @@ from .losses import row_scale_from_weights
 from .scaling import RunningMoments
 from .validation import check_sample_weight
 
-__all__ = ["RowsFeed", "StreamFeed"]
+__all__ = ["RowsFeed", "StreamFeed", "epoch_order", "with_weights"]
 
 
-def _with_weights(device, weighted):
-    """(x, targets, row_scale, batch_weight) from the uploaded buffers."""
+def epoch_order(net, n, shuffle):
+    """The order of an epoch's examples: drawn from the model's shuffle generator, or as
+    they are."""
+    return net.shuffle_rng.permutation(n) if shuffle else np.arange(n)
+
+
+def with_weights(device, weighted):
+    """(x, targets, row_scale, batch_weight) of a batch's backend arrays (x, targets[,
+    weights]): a weighted batch's sum of weights and the losses' row scale from it."""
     if not weighted:
         return device[0], device[1], None, None
     batch_weight = device[2].sum()
@@ -59,7 +66,7 @@ class RowsFeed:
 
     def epoch(self, epoch: int):
         """The epoch's batches in fit's (shuffled) order: what ``batches`` yields."""
-        order = self.net.shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = epoch_order(self.net, self.n, self.shuffle)
         return self.batches_for(order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size))
 
     def batches_for(self, index_arrays):
@@ -82,7 +89,7 @@ class RowsFeed:
             np.take(self.targets, idx, axis=0, out=host[1])
             if self.weights is not None:
                 np.take(self.weights, idx, out=host[2])
-            yield _with_weights(uploader.upload(), self.weights is not None)
+            yield with_weights(uploader.upload(), self.weights is not None)
             uploader.release()
 
     def _rows(self, idx):
@@ -136,7 +143,7 @@ class StreamFeed:
             weight_sum += x.shape[0] if weights is None else float(weights.sum())
             if moments is not None:
                 moments.add(targets.reshape(targets.shape[0], -1))
-            yield _with_weights(uploader.upload(), weights is not None)
+            yield with_weights(uploader.upload(), weights is not None)
             uploader.release()
         if index < 0:
             raise ValueError(f"the BatchStream gave no batches in epoch {epoch + 1}")

@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 
 from .data import as_batch_stream
-from .feeds import RowsFeed, StreamFeed
-from .losses import row_scale_from_weights
+from .feeds import RowsFeed, StreamFeed, epoch_order, with_weights
 from .metrics import (accuracy, labels_of, metric_from_sums, metric_name, predicted_labels,
                       r2_score, total_sum_of_squares)
 from .optim import make_optimizer
@@ -568,16 +567,11 @@ def batches(backend, x, targets, weights, order, batch_size, sizes=None):
     for rows in sizes:
         idx = order[start:start + rows]
         start += rows
-        rows = idx.shape[0]
         batch = kept.get(rows)
         if batch is None:
             batch = kept[rows] = [backend.empty((rows, *a.shape[1:]), a.dtype) for a in sources]
         backend.gather_rows(idx, sources, batch)
-        row_scale = batch_weight = None
-        if weights is not None:
-            batch_weight = batch[2].sum()
-            row_scale = row_scale_from_weights(batch[2], batch_weight)
-        yield batch[0], batch[1], row_scale, batch_weight
+        yield with_weights(batch, weights is not None)
 
 
 def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, run=None):
@@ -594,7 +588,7 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, ru
     elif plan.feed is not None:
         epoch_batches = plan.feed.epoch(epoch)
     else:
-        order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
+        order = epoch_order(net, plan.n, plan.shuffle)
         if graph is not None:
             lrs = [plan.lr_for(epoch, index) for index in range(plan.steps_per_epoch)]
             graph.run_epoch(order, lrs)
@@ -616,7 +610,7 @@ def run_epoch(net, plan: FitPlan, step: TrainingStep, epoch: int, graph=None, ru
 def _rank_batches(net, plan: FitPlan):
     """This rank's shards of the epoch's global batches (``gpunet.distributed``), and each
     shard's share of its batch; a shard without rows comes as ``x`` None."""
-    order = net.shuffle_rng.permutation(plan.n) if plan.shuffle else np.arange(plan.n)
+    order = epoch_order(net, plan.n, plan.shuffle)
     mine, shares = rank_shards(order, plan.batch_size, plan.comm, plan.host_weights)
     if plan.feed is not None:
         shards = plan.feed.batches_for(mine)
