@@ -424,11 +424,7 @@ def _write_columns(columns, path):
         from gpunet.tables import parquet_pandas
         parquet_pandas().DataFrame(columns).to_parquet(path, index=False)
     elif path is None:
-        try:
-            _write_csv(columns, sys.stdout)
-            sys.stdout.flush()
-        except BrokenPipeError:        # the reader (head, say) has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _write_csv(columns, sys.stdout)    # a reader that leaves early: main ends quietly
     else:
         with open(path, "w", newline="", encoding="utf-8") as handle:
             _write_csv(columns, handle)
@@ -556,23 +552,29 @@ def _info(args):
     return 1 if failed else 0
 
 
+def _run(args) -> int:
+    if args.command == "train":
+        return _train(args)
+    if args.command == "predict":
+        return _predict(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "bench":
+        from gpunet.bench import run as run_bench
+        return run_bench(args)
+    if args.command == "recipe":
+        from gpunet.recipes import run_from_args
+        return run_from_args(args)
+    return _info(args)
+
+
 def main(argv=None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "bench":
-            from gpunet.bench import run as run_bench
-            return run_bench(args)
-        if args.command == "recipe":
-            from gpunet.recipes import run_from_args
-            return run_from_args(args)
-        return _info(args)
+        status = _run(args)
+        sys.stdout.flush()                 # a closed pipe shows here, not at the interpreter's exit
+        return status
     except BrokenPipeError:                # the reader (head, say) has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
