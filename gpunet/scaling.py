@@ -9,16 +9,35 @@ full-size temporary and the variance keeps its precision where the mean is far f
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-__all__ = ["InputScaling", "RunningMoments"]
+__all__ = ["InputScaling", "RunningMoments", "row_chunks"]
 
 _CHUNK_ELEMENTS = 1 << 18     # 2 MB of float64 a chunk: a memory map's pass stays small
 
 
-def _row_chunks(arr):
-    rows = max(1, _CHUNK_ELEMENTS // max(1, arr.shape[1]))
+def row_chunks(arr: np.ndarray, elements: int) -> Iterator[np.ndarray]:
+    """Views of ``arr``'s consecutive rows, about ``elements`` values each.
+
+    Each holds at least one row: how large inputs are read without full-size temporaries
+    (here, and by ``gpunet.validation``).
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        Rows first (a memory map included).
+    elements : int
+        Values a chunk may hold.
+
+    Yields
+    ------
+    numpy.ndarray
+        Consecutive row slices covering ``arr``.
+    """
+    rows = max(1, elements // max(1, arr.size // max(1, arr.shape[0])))
     for start in range(0, arr.shape[0], rows):
         yield arr[start:start + rows]
 
@@ -110,7 +129,7 @@ class InputScaling:
             Its per-feature mean and standard deviation (1 for a constant feature).
         """
         moments = RunningMoments(x.shape[1])
-        for chunk in _row_chunks(x):
+        for chunk in row_chunks(x, _CHUNK_ELEMENTS):
             moments.add(chunk)
         std = np.sqrt(moments.squares / max(moments.count, 1))
         return cls(moments.mean, np.where(std > 0, std, 1.0))
@@ -144,7 +163,7 @@ class InputScaling:
         out = np.empty(x.shape, dtype=dtype) if out is None else out
         start = 0
         with np.errstate(over="ignore"):      # values past ``dtype``'s range become inf: the caller checks
-            for chunk in _row_chunks(x):
+            for chunk in row_chunks(x, _CHUNK_ELEMENTS):
                 stop = start + chunk.shape[0]
                 out[start:stop] = (np.asarray(chunk, dtype=np.float64) - self.mean) / self.scale
                 start = stop

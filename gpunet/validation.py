@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .scaling import row_chunks
+
 __all__ = ["check_real", "check_int", "check_bool", "check_float_dtype", "as_host_array",
            "check_features", "check_labels", "check_targets", "check_binary_targets", "check_sample_weight",
            "check_classes", "infer_classes", "encode_labels", "check_feature_names", "frame_feature_names",
@@ -101,9 +103,7 @@ _CHECK_CHUNK = 1 << 20    # elements a check reads at a time: no full-size tempo
 
 
 def _row_chunks(arr):
-    rows = max(1, _CHECK_CHUNK // max(1, arr.size // max(1, arr.shape[0])))
-    for start in range(0, arr.shape[0], rows):
-        yield arr[start:start + rows]
+    return row_chunks(arr, _CHECK_CHUNK)
 
 
 def _all_finite(arr) -> bool:
