@@ -230,11 +230,11 @@ class _Rows:
     def batches(self, order, batch_size, sizes=None):
         """The minibatches in ``order``: ``batch_size`` rows each, or ``sizes[i]`` the i-th."""
         be, net = self.net.backend, self.net
-        if sizes is None:
-            sizes = [min(batch_size, order.shape[0] - start) for start in range(0, order.shape[0], batch_size)]
         if not self.sparse:
             yield from batches(be, self.X, self.targets, self.weights, order, batch_size, sizes=sizes)
             return
+        if sizes is None:               # sparse rows are sliced here: the batches' sizes are needed
+            sizes = [min(batch_size, order.shape[0] - start) for start in range(0, order.shape[0], batch_size)]
         dense = batches(be, self.targets, self.targets, self.weights, order, batch_size, sizes=sizes)
         start = 0
         for rows, (targets, _, row_scale, batch_weight) in zip(sizes, dense):
